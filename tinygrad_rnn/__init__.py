@@ -1,0 +1,17 @@
+"""tinygrad_rnn: a small reverse-mode autodiff engine on numpy, built for recurrent networks."""
+
+import numpy as np
+
+from .tensor import Tensor  # first: the primitives in .ops need the Tensor class
+from .engine import detect_anomaly, enable_grad, is_grad_enabled, no_grad
+from .errors import AnomalyError, DTypeError, GraphError, ShapeError
+from .ops import (
+    abs, chunk, clip, concat, detach, exp, log, logsumexp, matmul, max, maximum, mean, pow,
+    relu, reshape, sigmoid, split, sqrt, stack, sum, swapaxes, tanh, transpose, where,
+)
+from .primitive import Primitive
+
+default_dtype = np.float32
+cat = concat
+
+__version__ = "0.1.0"

@@ -1,0 +1,269 @@
+"""The tape: how operations are recorded and how `backward` replays them.
+
+Every differentiable operation that has an input requiring grad appends one `Node` to the graph
+of its output: the primitive, its input tensors, what the primitive saved for its derivative and
+a sequence number. Sequence numbers grow in recording order, so the tape of a root is simply the
+nodes reachable from it, sorted by sequence number; `backward` replays that tape from the last
+record to the first, iteratively (no recursion, so a 10,000-step unroll is fine), and then frees
+it. Un-broadcasting of gradients happens here, once, for every primitive.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+
+import numpy as np
+
+from .errors import AnomalyError, GraphError, ShapeError
+
+if TYPE_CHECKING:
+    from .primitive import Primitive
+    from .tensor import Tensor
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Mode(threading.local):
+    """Per-thread switches, like PyTorch's: recording on/off and anomaly detection."""
+
+    grad: bool = True
+    anomaly: bool = False
+
+
+mode = _Mode()
+_seq = itertools.count()
+
+
+class Node:
+    """One record of the tape: `op` applied to `inputs`; `grad` collects d(root)/d(output)."""
+
+    __slots__ = ("op", "inputs", "saved", "needs", "seq", "grad", "nout", "where", "retained")
+
+    def __init__(self, op: type[Primitive], inputs: tuple[Tensor, ...], saved: Any,
+                 needs: tuple[bool, ...], nout: int = 1) -> None:
+        self.op: type[Primitive] | None = op  # None once the record has been freed
+        self.inputs = inputs
+        self.saved = saved
+        self.needs = needs
+        self.seq = next(_seq)
+        self.nout = nout
+        self.grad: Any = None if nout == 1 else [None] * nout
+        self.where: str | None = user_source_line() if mode.anomaly else None
+        self.retained: list[Tensor] | None = None
+
+    def free(self) -> None:
+        self.op = self.inputs = self.saved = self.retained = None  # type: ignore[assignment]
+
+
+# ----------------------------------------------------------------------------- grad mode
+class no_grad:
+    """Context manager and decorator: operations inside record nothing (results need no grad).
+
+    Nests, restores the previous mode on exceptions, and works as `@no_grad()` or `@no_grad`.
+    """
+
+    def __new__(cls, func: F | None = None) -> Any:
+        self = super().__new__(cls)
+        self._prev = []
+        return self(func) if func is not None else self
+
+    def __init__(self, func: Callable[..., Any] | None = None) -> None:
+        self._prev: list[bool]
+
+    def __enter__(self) -> None:
+        self._prev.append(mode.grad)
+        mode.grad = False
+
+    def __exit__(self, *exc: object) -> None:
+        mode.grad = self._prev.pop()
+
+    def __call__(self, func: F) -> F:
+        import functools
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with type(self)():
+                return func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+
+class enable_grad(no_grad):
+    """Switches recording back on inside a `no_grad` block."""
+
+    def __enter__(self) -> None:
+        self._prev.append(mode.grad)
+        mode.grad = True
+
+
+def is_grad_enabled() -> bool:
+    return mode.grad
+
+
+class detect_anomaly:
+    """Context manager: raise `AnomalyError` at the first NaN/Inf in a forward value or gradient,
+    naming the operation, the shapes and the user source line that recorded it. Slow; debug only."""
+
+    def __enter__(self) -> detect_anomaly:
+        self._prev = mode.anomaly
+        mode.anomaly = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        mode.anomaly = self._prev
+
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def user_source_line() -> str:
+    """'file:line in function' of the innermost caller outside this package."""
+    frame = sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PKG_DIR):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return "<unknown>"
+    return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+
+
+def check_finite(op_name: str, what: str, arrays: Iterator[np.ndarray] | list[np.ndarray],
+                 where: str | None) -> None:
+    for a in arrays:
+        if a is not None and a.dtype.kind == "f" and not np.isfinite(a).all():
+            bad = "NaN" if np.isnan(a).any() else "Inf"
+            raise AnomalyError(f"{op_name}: {what} of shape {a.shape} contains {bad}"
+                               f" (operation recorded at {where})")
+
+
+# ----------------------------------------------------------------------------- backward
+def unbroadcast(g: np.ndarray, shape: tuple[int, ...], op_name: str) -> np.ndarray:
+    """Sum a gradient over the axes numpy broadcast, so it gets the input's `shape`."""
+    extra = g.ndim - len(shape)
+    if extra < 0:
+        raise ShapeError(f"{op_name}: backward produced a gradient of shape {g.shape} "
+                         f"for an input of shape {shape}")
+    axes = tuple(range(extra)) + tuple(
+        extra + i for i, n in enumerate(shape) if n == 1 and g.shape[extra + i] != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    if extra:
+        g = g.reshape(shape)
+    if g.shape != shape:
+        raise ShapeError(f"{op_name}: backward produced a gradient of shape {g.shape} "
+                         f"for an input of shape {shape}")
+    return g
+
+
+_FREED = ("backward: trying to backward through a graph a second time: its records were freed by "
+          "an earlier backward(). Pass retain_graph=True to the first backward if you need a "
+          "second one. In truncated BPTT this means the state carried into this window still "
+          "holds the previous window's history: detach it at the boundary "
+          "(state = tg.detach(state)).")
+
+
+def _collect(root: Node) -> list[Node]:
+    """The tape of `root`: every node reachable from it, latest recorded first."""
+    if root.op is None:
+        raise GraphError(_FREED)
+    nodes = [root]
+    seen = {root}
+    stack = [root]
+    while stack:
+        for t in stack.pop().inputs:
+            m = t._node
+            if m is not None and m not in seen:
+                if m.op is None:
+                    raise GraphError(_FREED)
+                seen.add(m)
+                nodes.append(m)
+                stack.append(m)
+    nodes.sort(key=_seq_of, reverse=True)
+    return nodes
+
+
+def _seq_of(n: Node) -> int:
+    return n.seq
+
+
+def _accumulate(t: Tensor, g: np.ndarray) -> None:
+    """Add gradient `g` (already of t's shape and dtype) to wherever t's gradient lives."""
+    m = t._node
+    if m is None:  # a leaf: .grad is ours, so accumulate in place
+        if t.grad is None:
+            t.grad = np.array(g, dtype=t.data.dtype, copy=True)
+        else:
+            np.add(t.grad, g, out=t.grad)
+    elif m.nout == 1:
+        m.grad = g if m.grad is None else m.grad + g
+    else:
+        i = t._idx
+        m.grad[i] = g if m.grad[i] is None else m.grad[i] + g
+
+
+def backward(root: Tensor, grad: Any = None, retain_graph: bool = False) -> None:
+    """Replay the tape of `root` in reverse, accumulating d(root)/d(leaf) into each leaf's .grad."""
+    if not root._requires_grad:
+        raise GraphError("backward: this tensor does not require grad and has no recorded "
+                         "history (was it created under no_grad, or detached?)")
+    data = root.data
+    if grad is None:
+        if data.size != 1:
+            raise ShapeError(f"backward: grad can be omitted only for a root with one element; "
+                             f"this root has shape {data.shape}. Pass grad= of that shape")
+        g = np.ones_like(data)
+    else:
+        g = np.asarray(getattr(grad, "data", grad), dtype=data.dtype)
+        if g.shape != data.shape:
+            raise ShapeError(f"backward: grad of shape {g.shape} does not match the root's "
+                             f"shape {data.shape}")
+    node = root._node
+    if node is None:
+        _accumulate(root, g)
+        return
+    nodes = _collect(node)  # raises before anything is touched if part of the graph is freed
+    if node.nout == 1:
+        node.grad = g
+    else:
+        node.grad[root._idx] = g
+    anomaly = mode.anomaly
+    try:
+        for n in nodes:
+            g = n.grad
+            n.grad = None if n.nout == 1 else [None] * n.nout
+            if n.retained is not None:
+                _store_retained(n, g)
+            op = n.op
+            if g is None or (n.nout > 1 and all(x is None for x in g)):
+                if not retain_graph:
+                    n.free()
+                continue
+            grads = op.backward(g, n.saved, n.needs)  # type: ignore[union-attr]
+            if anomaly:
+                check_finite(op.name, "gradient", [x for x in grads if x is not None],  # type: ignore[union-attr]
+                             n.where)
+            for t, gi, need in zip(n.inputs, grads, n.needs):
+                if need and gi is not None:
+                    d = t.data
+                    if gi.shape != d.shape:
+                        gi = unbroadcast(gi, d.shape, op.name)  # type: ignore[union-attr]
+                    if gi.dtype != d.dtype:
+                        gi = gi.astype(d.dtype)
+                    _accumulate(t, gi)
+            if not retain_graph:
+                n.free()
+    finally:
+        for n in nodes:  # after an error mid-way, leave no half-accumulated gradients behind
+            if n.op is not None:
+                n.grad = None if n.nout == 1 else [None] * n.nout
+
+
+def _store_retained(n: Node, g: Any) -> None:
+    for t in n.retained or ():
+        gi = g if n.nout == 1 else g[t._idx]
+        if gi is None:
+            gi = np.zeros_like(t.data)
+        t.grad = np.array(gi, copy=True) if t.grad is None else t.grad + gi

@@ -1,0 +1,690 @@
+"""The table of primitives: each forward next to its derivative, then the public functions.
+
+Conventions (see `primitive.Primitive`): `forward(*arrays, **params) -> (out, saved)`,
+`backward(g, saved, needs) -> grads`. Gradients may keep the broadcast shape; the engine
+un-broadcasts. Everything else in the library (losses, layers, cells) is composed from these.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import DTypeError, ShapeError
+from .primitive import Primitive, register
+from .tensor import Axis, Tensor, _const
+
+
+class _Elementwise(Primitive):
+    @classmethod
+    def check(cls, *arrays: np.ndarray, **params: Any) -> None:
+        try:
+            np.broadcast_shapes(*(a.shape for a in arrays))
+        except ValueError:
+            shapes = " and ".join(str(a.shape) for a in arrays)
+            raise ShapeError(f"{cls.name}: shapes {shapes} cannot be broadcast together") \
+                from None
+
+
+# ----------------------------------------------------------------------------- arithmetic
+@register
+class Add(_Elementwise):
+    name = "add"
+
+    @staticmethod
+    def forward(a, b):
+        return a + b, None
+
+    @staticmethod
+    def backward(g, saved, needs):  # d(a+b) = da + db
+        return g, g
+
+
+@register
+class Sub(_Elementwise):
+    name = "sub"
+
+    @staticmethod
+    def forward(a, b):
+        return a - b, None
+
+    @staticmethod
+    def backward(g, saved, needs):  # d(a-b) = da - db
+        return g, (-g if needs[1] else None)
+
+
+@register
+class Mul(_Elementwise):
+    name = "mul"
+
+    @staticmethod
+    def forward(a, b):
+        return a * b, (a, b)
+
+    @staticmethod
+    def backward(g, saved, needs):  # d(ab) = b da + a db
+        a, b = saved
+        return (g * b if needs[0] else None), (g * a if needs[1] else None)
+
+
+@register
+class Div(_Elementwise):
+    name = "div"
+
+    @staticmethod
+    def forward(a, b):
+        y = a / b
+        return y, (b, y)
+
+    @staticmethod
+    def backward(g, saved, needs):  # d(a/b) = da / b - (a/b) db / b
+        b, y = saved
+        ga = g / b
+        return (ga if needs[0] else None), (-ga * y if needs[1] else None)
+
+
+@register
+class Neg(Primitive):
+    name = "neg"
+
+    @staticmethod
+    def forward(x):
+        return -x, None
+
+    @staticmethod
+    def backward(g, saved, needs):
+        return (-g,)
+
+
+@register
+class Pow(Primitive):
+    name = "pow"
+
+    @staticmethod
+    def forward(x, p):
+        return (x * x if p == 2 else np.power(x, p)), (x, p)
+
+    @staticmethod
+    def backward(g, saved, needs):  # d x^p = p x^(p-1)
+        x, p = saved
+        return (g * (2 * x) if p == 2 else g * (p * np.power(x, p - 1)),)
+
+
+@register
+class MatMul(Primitive):
+    name = "matmul"
+
+    @staticmethod
+    def forward(a, b):
+        return a @ b, (a, b)
+
+    @staticmethod
+    def backward(g, saved, needs):
+        a, b = saved
+        if a.ndim == 1 and b.ndim == 1:  # dot product: g is a scalar
+            return (g * b if needs[0] else None), (g * a if needs[1] else None)
+        # promote 1-d operands to matrices so one formula covers every case
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        g2 = g
+        if a.ndim == 1:
+            g2 = g2[..., None, :]
+        if b.ndim == 1:
+            g2 = g2[..., None]
+        ga = gb = None
+        if needs[0]:  # dA = G B^T
+            ga = g2 @ np.swapaxes(b2, -1, -2)
+            if a.ndim == 1:
+                ga = ga.reshape(ga.shape[:-2] + (ga.shape[-1],)) if ga.ndim > 2 else ga[0]
+        if needs[1]:  # dB = A^T G
+            gb = np.swapaxes(a2, -1, -2) @ g2
+            if b.ndim == 1:
+                gb = gb[..., 0]
+        return ga, gb
+
+    @classmethod
+    def check(cls, a, b):
+        if a.ndim == 0 or b.ndim == 0:
+            raise ShapeError(f"matmul: shapes {a.shape} and {b.shape}: both operands need at "
+                             f"least one dimension (use * for scalars)")
+        k1, k2 = a.shape[-1], (b.shape[-2] if b.ndim > 1 else b.shape[0])
+        if k1 != k2:
+            raise ShapeError(f"matmul: shapes {a.shape} and {b.shape} are not aligned "
+                             f"({k1} != {k2})")
+        raise ShapeError(f"matmul: shapes {a.shape} and {b.shape}: batch dimensions "
+                         f"{a.shape[:-2]} and {b.shape[:-2]} cannot be broadcast together")
+
+
+# ----------------------------------------------------------------------------- elementwise
+@register
+class Exp(Primitive):
+    name = "exp"
+
+    @staticmethod
+    def forward(x):
+        y = np.exp(x)
+        return y, y
+
+    @staticmethod
+    def backward(g, y, needs):  # d exp(x) = exp(x)
+        return (g * y,)
+
+
+@register
+class Log(Primitive):
+    name = "log"
+
+    @staticmethod
+    def forward(x):
+        return np.log(x), x
+
+    @staticmethod
+    def backward(g, x, needs):  # d log(x) = 1 / x
+        return (g / x,)
+
+
+@register
+class Tanh(Primitive):
+    name = "tanh"
+
+    @staticmethod
+    def forward(x):
+        y = np.tanh(x)
+        return y, y
+
+    @staticmethod
+    def backward(g, y, needs):  # d tanh(x) = 1 - y^2
+        return (g * (1 - y * y),)
+
+
+# exp(-x) overflows below these; clamping there changes sigmoid by less than the smallest normal
+_SIGMOID_LO = {np.dtype(np.float16): -11.0, np.dtype(np.float32): -88.0}
+
+
+@register
+class Sigmoid(Primitive):
+    name = "sigmoid"
+
+    @staticmethod
+    def forward(x):
+        y = np.maximum(x, _SIGMOID_LO.get(x.dtype, -708.0))  # no overflow warning, no NaN
+        np.negative(y, out=y)
+        np.exp(y, out=y)
+        y += 1
+        np.reciprocal(y, out=y)
+        return y, y
+
+    @staticmethod
+    def backward(g, y, needs):  # d sigmoid(x) = y (1 - y)
+        return (g * (y * (1 - y)),)
+
+
+@register
+class Relu(Primitive):
+    name = "relu"
+
+    @staticmethod
+    def forward(x):
+        y = np.maximum(x, 0)
+        return y, y
+
+    @staticmethod
+    def backward(g, y, needs):  # d relu(x) = [x > 0]
+        return (g * (y > 0),)
+
+
+@register
+class Sqrt(Primitive):
+    name = "sqrt"
+
+    @staticmethod
+    def forward(x):
+        y = np.sqrt(x)
+        return y, y
+
+    @staticmethod
+    def backward(g, y, needs):  # d sqrt(x) = 1 / (2 sqrt(x))
+        return (g / (2 * y),)
+
+
+@register
+class Abs(Primitive):
+    name = "abs"
+
+    @staticmethod
+    def forward(x):
+        return np.abs(x), x
+
+    @staticmethod
+    def backward(g, x, needs):  # d |x| = sign(x), 0 at 0 (as PyTorch)
+        return (g * np.sign(x),)
+
+
+@register
+class Clip(Primitive):
+    name = "clip"
+
+    @staticmethod
+    def forward(x, lo, hi):
+        inside = np.ones(x.shape, dtype=bool)
+        if lo is not None:
+            inside &= x >= lo
+        if hi is not None:
+            inside &= x <= hi
+        return np.clip(x, lo, hi), inside
+
+    @staticmethod
+    def backward(g, inside, needs):  # d clip(x) = [lo <= x <= hi] (boundaries pass, as PyTorch)
+        return (g * inside,)
+
+
+@register
+class Where(_Elementwise):
+    name = "where"
+
+    @staticmethod
+    def forward(a, b, cond):
+        return np.where(cond, a, b), cond
+
+    @staticmethod
+    def backward(g, cond, needs):  # the gradient follows whichever branch was taken
+        return (g * cond if needs[0] else None), (g * ~cond if needs[1] else None)
+
+    @classmethod
+    def check(cls, a, b, cond):
+        super().check(a, b, cond)
+
+
+@register
+class Maximum(_Elementwise):
+    name = "maximum"
+
+    @staticmethod
+    def forward(a, b):
+        return np.maximum(a, b), (a, b)
+
+    @staticmethod
+    def backward(g, saved, needs):  # the larger input gets g; on a tie each gets g / 2
+        a, b = saved
+        half = g.dtype.type(0.5)
+        tie = (a == b) * half
+        return ((g * ((a > b) + tie)) if needs[0] else None), \
+               ((g * ((b > a) + tie)) if needs[1] else None)
+
+
+# ----------------------------------------------------------------------------- reductions
+def _keep_shape(shape: tuple[int, ...], axis: Axis) -> tuple[int, ...]:
+    """`shape` with the reduced axes kept as size 1 (numpy's keepdims shape)."""
+    if axis is None:
+        return (1,) * len(shape)
+    axes = axis if isinstance(axis, tuple) else (axis,)
+    axes = tuple(a % len(shape) if -len(shape) <= a < len(shape) else a for a in axes)
+    return tuple(1 if i in axes else n for i, n in enumerate(shape))
+
+
+@register
+class Sum(Primitive):
+    name = "sum"
+
+    @staticmethod
+    def forward(x, axis, keepdims):
+        return x.sum(axis=axis, keepdims=keepdims), (x.shape, _keep_shape(x.shape, axis))
+
+    @staticmethod
+    def backward(g, saved, needs):  # every summand gets the upstream gradient
+        shape, kshape = saved
+        return (np.broadcast_to(g.reshape(kshape), shape),)
+
+
+@register
+class Mean(Primitive):
+    name = "mean"
+
+    @staticmethod
+    def forward(x, axis, keepdims):
+        y = x.mean(axis=axis, keepdims=keepdims)
+        return y, (x.shape, _keep_shape(x.shape, axis), x.size // builtins.max(np.size(y), 1))
+
+    @staticmethod
+    def backward(g, saved, needs):  # d mean = 1/n per element
+        shape, kshape, n = saved
+        return (np.broadcast_to(g.reshape(kshape) / g.dtype.type(n), shape),)
+
+
+@register
+class Max(Primitive):
+    """Maximum over axes. Ties share the gradient equally (each of k tied maxima gets g / k)."""
+
+    name = "max"
+
+    @staticmethod
+    def forward(x, axis, keepdims):
+        m = x.max(axis=axis, keepdims=True)
+        hit = x == m
+        count = hit.sum(axis=axis, keepdims=True).astype(x.dtype)
+        return (m if keepdims else _drop(m, axis)), (hit, count)
+
+    @staticmethod
+    def backward(g, saved, needs):
+        hit, count = saved
+        return (hit * (g.reshape(count.shape) / count),)
+
+
+@register
+class LogSumExp(Primitive):
+    """log(sum(exp(x))) over axes, shifted by the maximum so that ±1e4 stays finite."""
+
+    name = "logsumexp"
+
+    @staticmethod
+    def forward(x, axis, keepdims):
+        m = x.max(axis=axis, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0)  # all -inf (or inf) rows: shift by 0 instead of nan
+        y = np.log(np.exp(x - m).sum(axis=axis, keepdims=True)) + m
+        return (y if keepdims else _drop(y, axis)), (x, y)
+
+    @staticmethod
+    def backward(g, saved, needs):  # d logsumexp(x) = softmax(x)
+        x, y = saved
+        return (g.reshape(y.shape) * np.exp(x - y),)
+
+
+def _drop(y: np.ndarray, axis: Axis) -> np.ndarray:
+    """Undo keepdims=True: remove the reduced (size-1) axes."""
+    return y.reshape(()) if axis is None else np.squeeze(y, axis=axis)
+
+
+# ----------------------------------------------------------------------------- shapes
+@register
+class Reshape(Primitive):
+    name = "reshape"
+
+    @staticmethod
+    def forward(x, shape):
+        return x.reshape(shape), x.shape
+
+    @staticmethod
+    def backward(g, shape, needs):
+        return (g.reshape(shape),)
+
+
+@register
+class Transpose(Primitive):
+    name = "transpose"
+
+    @staticmethod
+    def forward(x, axes):
+        return x.transpose(axes), axes
+
+    @staticmethod
+    def backward(g, axes, needs):  # the inverse permutation undoes it
+        return (g.transpose(None if axes is None else np.argsort(axes)),)
+
+
+def _is_advanced(index: Any) -> bool:
+    items = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, np.ndarray) for i in items)
+
+
+@register
+class GetItem(Primitive):
+    """x[index] with numpy semantics; repeated integer indices accumulate their gradients."""
+
+    name = "getitem"
+
+    @staticmethod
+    def forward(x, index):
+        return x[index], (x.shape, index)
+
+    @staticmethod
+    def backward(g, saved, needs):
+        shape, index = saved
+        gx = np.zeros(shape, dtype=g.dtype)
+        if _is_advanced(index):
+            np.add.at(gx, index, g)
+        else:
+            gx[index] = g
+        return (gx,)
+
+
+@register
+class Concat(Primitive):
+    name = "concat"
+
+    @staticmethod
+    def forward(*xs, axis):
+        y = np.concatenate(xs, axis=axis)
+        return y, (np.cumsum([x.shape[axis] for x in xs[:-1]]), axis)
+
+    @staticmethod
+    def backward(g, saved, needs):  # each input gets its own slab of g
+        cuts, axis = saved
+        return tuple(np.split(g, cuts, axis=axis))
+
+    @classmethod
+    def check(cls, *xs, axis):
+        shapes = ", ".join(str(x.shape) for x in xs)
+        raise ShapeError(f"concat: shapes {shapes} do not match except along axis {axis}")
+
+
+@register
+class Stack(Primitive):
+    name = "stack"
+
+    @staticmethod
+    def forward(*xs, axis):
+        y = np.stack(xs, axis=axis)
+        return y, axis % y.ndim
+
+    @staticmethod
+    def backward(g, axis, needs):
+        return tuple(np.moveaxis(g, axis, 0))
+
+    @classmethod
+    def check(cls, *xs, axis):
+        shapes = ", ".join(str(x.shape) for x in xs)
+        raise ShapeError(f"stack: all inputs must have the same shape, got {shapes}")
+
+
+@register
+class Split(Primitive):
+    """Several pieces along `axis`, recorded as one operation (one node, n outputs)."""
+
+    name = "split"
+    nout = None
+
+    @staticmethod
+    def forward(x, sizes, axis):
+        return tuple(np.split(x, np.cumsum(sizes[:-1]), axis=axis)), (x.dtype, sizes, axis,
+                                                                       x.shape)
+
+    @staticmethod
+    def backward(gs, saved, needs):  # pieces that got no gradient contribute zeros
+        dtype, sizes, axis, shape = saved
+        parts = []
+        for g, n in zip(gs, sizes):
+            if g is None:
+                s = list(shape)
+                s[axis] = n
+                g = np.zeros(s, dtype=dtype)
+            parts.append(g)
+        return (np.concatenate(parts, axis=axis),)
+
+
+# ----------------------------------------------------------------------------- functions
+def _t(x: Any) -> Tensor:
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+def exp(x: Any) -> Tensor:
+    return Exp.apply(_t(x))
+
+
+def log(x: Any) -> Tensor:
+    return Log.apply(_t(x))
+
+
+def tanh(x: Any) -> Tensor:
+    return Tanh.apply(_t(x))
+
+
+def sigmoid(x: Any) -> Tensor:
+    return Sigmoid.apply(_t(x))
+
+
+def relu(x: Any) -> Tensor:
+    return Relu.apply(_t(x))
+
+
+def sqrt(x: Any) -> Tensor:
+    return Sqrt.apply(_t(x))
+
+
+def abs(x: Any) -> Tensor:  # noqa: A001 - mirrors np.abs / torch.abs
+    return Abs.apply(_t(x))
+
+
+def matmul(a: Any, b: Any) -> Tensor:
+    return _t(a) @ b
+
+
+def pow(x: Any, p: Any) -> Tensor:  # noqa: A001
+    """x ** p for a Python number p (elementwise)."""
+    if isinstance(p, Tensor) or not np.isscalar(p) or isinstance(p, (str, bytes)):
+        raise TypeError(f"pow: the exponent must be a Python number, got {type(p).__name__}")
+    return Pow.apply(_t(x), p=p)
+
+
+def clip(x: Any, lo: float | None = None, hi: float | None = None) -> Tensor:
+    """Elementwise clamp to [lo, hi]; either bound may be None."""
+    if lo is None and hi is None:
+        raise ValueError("clip: at least one of lo and hi must be given")
+    return Clip.apply(_t(x), lo=lo, hi=hi)
+
+
+def where(cond: Any, a: Any, b: Any) -> Tensor:
+    """Elementwise `a` where `cond` is True else `b` (cond: bool array or Tensor; not differentiated)."""
+    c = np.asarray(cond.data if isinstance(cond, Tensor) else cond)
+    if c.dtype != np.bool_:
+        raise DTypeError(f"where: cond must be a bool array, got dtype {c.dtype}")
+    like = a if isinstance(a, Tensor) else b if isinstance(b, Tensor) else Tensor(a)
+    return Where.apply(_const(a, like), _const(b, like), cond=c)
+
+
+def maximum(a: Any, b: Any) -> Tensor:
+    """Elementwise maximum; on ties each input gets half the gradient (as PyTorch)."""
+    like = a if isinstance(a, Tensor) else _t(b)
+    return Maximum.apply(_const(a, like), _const(b, like))
+
+
+def sum(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    return Sum.apply(_t(x), axis=axis, keepdims=keepdims)
+
+
+def mean(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:
+    return Mean.apply(_t(x), axis=axis, keepdims=keepdims)
+
+
+def max(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    """Maximum over `axis`; tied maxima share the gradient equally."""
+    return Max.apply(_t(x), axis=axis, keepdims=keepdims)
+
+
+def logsumexp(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:
+    """log(sum(exp(x), axis)), computed stably (finite for inputs of ±1e4)."""
+    return LogSumExp.apply(_t(x), axis=axis, keepdims=keepdims)
+
+
+def _shape_args(args: tuple[Any, ...]) -> tuple[int, ...]:
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        return tuple(args[0])
+    return tuple(args)
+
+
+def reshape(x: Any, *shape: Any) -> Tensor:
+    """Same data in a new shape; one dimension may be -1. Accepts ints or one tuple."""
+    return Reshape.apply(_t(x), shape=_shape_args(shape))
+
+
+def transpose(x: Any, *axes: Any) -> Tensor:
+    """Permute axes with numpy's meaning: no axes reverses them, else a permutation of all axes."""
+    t = _t(x)
+    perm = _shape_args(axes) or None
+    if perm is not None and len(perm) != t.ndim:
+        raise ShapeError(f"transpose: axes {perm} must be a permutation of all {t.ndim} axes "
+                         f"of shape {t.shape} (numpy's meaning); use swapaxes(a, b) to swap two")
+    return Transpose.apply(t, axes=perm)
+
+
+def swapaxes(x: Any, a: int, b: int) -> Tensor:
+    """Exchange two axes (PyTorch's `transpose(a, b)`)."""
+    t = _t(x)
+    perm = list(range(t.ndim))
+    perm[a], perm[b] = perm[b], perm[a]
+    return Transpose.apply(t, axes=tuple(perm))
+
+
+def concat(ts: Sequence[Any], axis: int = 0) -> Tensor:
+    """Join tensors along an existing axis (one recorded op)."""
+    if len(ts) == 0:
+        raise ValueError("concat: needs at least one tensor")
+    return Concat.apply(*[_t(t) for t in ts], axis=axis)
+
+
+def stack(ts: Sequence[Any], axis: int = 0) -> Tensor:
+    """Join same-shaped tensors along a new axis (one recorded op)."""
+    if len(ts) == 0:
+        raise ValueError("stack: needs at least one tensor")
+    return Stack.apply(*[_t(t) for t in ts], axis=axis)
+
+
+def _norm_axis(axis: int, ndim: int, op: str) -> int:
+    if not -ndim <= axis < ndim:
+        raise ShapeError(f"{op}: axis {axis} is out of range for a tensor with {ndim} dims")
+    return axis % ndim
+
+
+def split(x: Any, split_size_or_sizes: int | Sequence[int], axis: int = 0) -> tuple[Tensor, ...]:
+    """PyTorch's split: an int is the size of every piece (the last may be smaller), a list gives
+    each piece's size. Returns a tuple; records one op."""
+    t = _t(x)
+    axis = _norm_axis(axis, t.ndim, "split")
+    n = t.shape[axis]
+    if isinstance(split_size_or_sizes, (int, np.integer)):
+        size = int(split_size_or_sizes)
+        if size <= 0:
+            raise ValueError(f"split: split_size must be positive, got {size}")
+        sizes = [size] * (n // size) + ([n % size] if n % size else [])
+    else:
+        sizes = [int(s) for s in split_size_or_sizes]
+        if builtins.sum(sizes) != n or any(s < 0 for s in sizes):
+            raise ShapeError(f"split: sizes {sizes} do not add up to {n}, the length of axis "
+                             f"{axis} of shape {t.shape}")
+    if not sizes:
+        return ()
+    return Split.apply(t, sizes=sizes, axis=axis)
+
+
+def chunk(x: Any, n: int, axis: int = 0) -> tuple[Tensor, ...]:
+    """PyTorch's chunk: pieces of size ceil(len / n) along `axis` (so n pieces when n divides the
+    length; fewer otherwise, exactly as torch.chunk). Records one op."""
+    t = _t(x)
+    if n <= 0:
+        raise ValueError(f"chunk: n must be positive, got {n}")
+    length = t.shape[_norm_axis(axis, t.ndim, "chunk")]
+    return split(t, builtins.max(-(-length // n), 1), axis)
+
+
+def detach(state: Any) -> Any:
+    """Detach a Tensor or every Tensor in a nested tuple/list (None passes through)."""
+    if isinstance(state, Tensor):
+        return state.detach()
+    if isinstance(state, (tuple, list)):
+        return type(state)(detach(s) for s in state)
+    if state is None:
+        return None
+    raise TypeError(f"detach: expected a Tensor or a nested tuple/list of Tensors, "
+                    f"got {type(state).__name__}")
+

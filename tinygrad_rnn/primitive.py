@@ -1,0 +1,76 @@
+"""`Primitive`: the base of every differentiable operation, and the registry of built-in ones.
+
+A primitive is a class with two static methods that sit side by side:
+
+    forward(*arrays, **params) -> (output, saved)
+    backward(grad_output, saved, needs) -> one gradient (or None) per array input
+
+`needs[i]` says whether input i wants a gradient, so backward may skip work. Gradients may have
+the broadcast shape of the output: the engine sums them back to each input's shape. A primitive
+with several outputs (`split`) sets `nout = None` and returns a tuple of outputs; its backward
+receives a list with one gradient or None per output. Users define their own primitives the same
+way and call `MyOp.apply(x, y, **params)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .engine import Node, check_finite, mode, user_source_line
+from .errors import ShapeError
+from .tensor import Tensor
+
+REGISTRY: dict[str, type[Primitive]] = {}
+
+
+def register(cls: type[Primitive]) -> type[Primitive]:
+    """Class decorator: add a built-in primitive to `REGISTRY` (our gradient tests walk it)."""
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+class Primitive:
+    """Base class; see the module docstring for the forward/backward contract."""
+
+    name: ClassVar[str] = "primitive"
+    nout: ClassVar[int | None] = 1
+
+    @staticmethod
+    def forward(*arrays: np.ndarray, **params: Any) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(g: Any, saved: Any, needs: tuple[bool, ...]) -> tuple[np.ndarray | None, ...]:
+        raise NotImplementedError
+
+    @classmethod
+    def check(cls, *arrays: np.ndarray, **params: Any) -> None:
+        """Called only when forward raised: raise a ShapeError naming the op and the shapes."""
+
+    @classmethod
+    def apply(cls, *inputs: Tensor, **params: Any) -> Any:
+        """Run forward on the inputs' data and, if any input requires grad, record a Node."""
+        arrays = [t.data for t in inputs]
+        try:
+            out, saved = cls.forward(*arrays, **params)
+        except (ValueError, IndexError) as e:
+            if isinstance(e, ShapeError):
+                raise
+            cls.check(*arrays, **params)
+            shapes = ", ".join(str(a.shape) for a in arrays)
+            raise ShapeError(f"{cls.name}: {e} (input shapes {shapes})") from None
+        needs = tuple([t._requires_grad for t in inputs])
+        node = Node(cls, inputs, saved, needs, cls.nout or len(out)) \
+            if mode.grad and True in needs else None
+        if mode.anomaly:
+            where = node.where if node is not None else user_source_line()
+            check_finite(cls.name, "output", list(out) if cls.nout is None else [out], where)
+        if cls.nout == 1:
+            return Tensor._from_op(out, node)
+        outs = tuple(Tensor._from_op(o, node) for o in out)
+        if node is not None:
+            for i, t in enumerate(outs):
+                t._idx = i
+        return outs
