@@ -36,9 +36,13 @@ GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # rows of weight_ih per hidden unit
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Logistic function, overflow-free for any input: sigma(x) = (1 + tanh(x/2)) / 2."""
+    """Logistic function, overflow-free and accurate to full relative precision in both tails.
+
+    With e = exp(-|x|) <= 1: sigma(x) = 1 / (1 + e) for x >= 0 and e / (1 + e) for x < 0.
+    """
     x = np.asarray(x)
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1, e) / (1 + e)
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
