@@ -44,14 +44,14 @@ class Node:
     __slots__ = ("op", "inputs", "saved", "needs", "seq", "grad", "nout", "where", "retained")
 
     def __init__(self, op: type[Primitive], inputs: tuple[Tensor, ...], saved: Any,
-                 needs: tuple[bool, ...], nout: int = 1) -> None:
+                 needs: tuple[bool, ...], nout: int | None = None) -> None:
         self.op: type[Primitive] | None = op  # None once the record has been freed
         self.inputs = inputs
         self.saved = saved
         self.needs = needs
         self.seq = next(_seq)
-        self.nout = nout
-        self.grad: Any = None if nout == 1 else [None] * nout
+        self.nout = nout  # None: one output; an int: a multi-output op (grad is a list)
+        self.grad: Any = None if nout is None else [None] * nout
         self.where: str | None = user_source_line() if mode.anomaly else None
         self.retained: list[Tensor] | None = None
 
@@ -165,21 +165,29 @@ _FREED = ("backward: trying to backward through a graph a second time: its recor
           "(state = tg.detach(state)).")
 
 
-def _collect(root: Node) -> list[Node]:
-    """The tape of `root`: every node reachable from it, latest recorded first."""
-    if root.op is None:
-        raise GraphError(_FREED)
-    nodes = [root]
-    seen = {root}
-    stack = [root]
+def _collect(seeds: list[Node], since: int) -> list[Node]:
+    """The tape below `seeds`: every reachable node, latest recorded first. Nodes recorded before
+    sequence number `since` belong to an enclosing graph and must not be reached."""
+    nodes: list[Node] = []
+    seen: set[Node] = set()
+    stack: list[Node] = []
+    for m in seeds:
+        if m not in seen:
+            seen.add(m)
+            stack.append(m)
     while stack:
-        for t in stack.pop().inputs:
+        n = stack.pop()
+        if n.op is None:
+            raise GraphError(_FREED)
+        if n.seq < since:
+            raise GraphError("checkpoint: the checkpointed function uses a tensor that was "
+                             "computed outside it and is not one of its arguments; pass that "
+                             "tensor as an argument (leaves such as parameters are fine)")
+        nodes.append(n)
+        for t in n.inputs:
             m = t._node
             if m is not None and m not in seen:
-                if m.op is None:
-                    raise GraphError(_FREED)
                 seen.add(m)
-                nodes.append(m)
                 stack.append(m)
     nodes.sort(key=_seq_of, reverse=True)
     return nodes
@@ -187,6 +195,11 @@ def _collect(root: Node) -> list[Node]:
 
 def _seq_of(n: Node) -> int:
     return n.seq
+
+
+def current_seq() -> int:
+    """The sequence number the next record will get (records made from now on are >= it)."""
+    return next(_seq)
 
 
 def _accumulate(t: Tensor, g: np.ndarray) -> None:
@@ -197,7 +210,7 @@ def _accumulate(t: Tensor, g: np.ndarray) -> None:
             t.grad = np.array(g, dtype=t.data.dtype, copy=True)
         else:
             np.add(t.grad, g, out=t.grad)
-    elif m.nout == 1:
+    elif m.nout is None:
         m.grad = g if m.grad is None else m.grad + g
     else:
         i = t._idx
@@ -220,32 +233,35 @@ def backward(root: Tensor, grad: Any = None, retain_graph: bool = False) -> None
         if g.shape != data.shape:
             raise ShapeError(f"backward: grad of shape {g.shape} does not match the root's "
                              f"shape {data.shape}")
-    node = root._node
-    if node is None:
-        _accumulate(root, g)
-        return
-    nodes = _collect(node)  # raises before anything is touched if part of the graph is freed
-    if node.nout == 1:
-        node.grad = g
-    else:
-        node.grad[root._idx] = g
+    run_backward([root], [g], retain_graph)
+
+
+def run_backward(roots: list[Tensor], grads: list[np.ndarray | None], retain_graph: bool = False,
+                 since: int = 0) -> None:
+    """Seed each root with its gradient and replay the union of their tapes in reverse order.
+
+    Only records made at or after sequence number `since` may be replayed (see `checkpoint`)."""
+    pairs = [(t, g) for t, g in zip(roots, grads) if g is not None and t._requires_grad]
+    nodes = _collect([t._node for t, _ in pairs if t._node is not None], since)
+    for t, g in pairs:  # seeded only now: a failed _collect must leave nothing behind
+        _accumulate(t, g)
     anomaly = mode.anomaly
     try:
         for n in nodes:
             g = n.grad
-            n.grad = None if n.nout == 1 else [None] * n.nout
+            n.grad = None if n.nout is None else [None] * n.nout
             if n.retained is not None:
                 _store_retained(n, g)
             op = n.op
-            if g is None or (n.nout > 1 and all(x is None for x in g)):
+            if g is None or (n.nout is not None and all(x is None for x in g)):
                 if not retain_graph:
                     n.free()
                 continue
-            grads = op.backward(g, n.saved, n.needs)  # type: ignore[union-attr]
+            grads_in = op.backward(g, n.saved, n.needs)  # type: ignore[union-attr]
             if anomaly:
-                check_finite(op.name, "gradient", [x for x in grads if x is not None],  # type: ignore[union-attr]
-                             n.where)
-            for t, gi, need in zip(n.inputs, grads, n.needs):
+                check_finite(op.name, "gradient",  # type: ignore[union-attr]
+                             [x for x in grads_in if x is not None], n.where)
+            for t, gi, need in zip(n.inputs, grads_in, n.needs):
                 if need and gi is not None:
                     d = t.data
                     if gi.shape != d.shape:
@@ -258,12 +274,12 @@ def backward(root: Tensor, grad: Any = None, retain_graph: bool = False) -> None
     finally:
         for n in nodes:  # after an error mid-way, leave no half-accumulated gradients behind
             if n.op is not None:
-                n.grad = None if n.nout == 1 else [None] * n.nout
+                n.grad = None if n.nout is None else [None] * n.nout
 
 
 def _store_retained(n: Node, g: Any) -> None:
     for t in n.retained or ():
-        gi = g if n.nout == 1 else g[t._idx]
+        gi = g if n.nout is None else g[t._idx]
         if gi is None:
             gi = np.zeros_like(t.data)
         t.grad = np.array(gi, copy=True) if t.grad is None else t.grad + gi

@@ -513,6 +513,30 @@ class Split(Primitive):
         return (np.concatenate(parts, axis=axis),)
 
 
+@register
+class Unbind(Primitive):
+    """The slices along `axis` as separate tensors, recorded as one op (stack's inverse).
+
+    `unroll` uses it to walk time: T getitems would each allocate a full-size gradient."""
+
+    name = "unbind"
+    nout = None
+
+    @staticmethod
+    def forward(x, axis):
+        return tuple(np.moveaxis(x, axis, 0)), (x.dtype, x.shape, axis)
+
+    @staticmethod
+    def backward(gs, saved, needs):  # stack the slices' gradients; unused slices give zeros
+        dtype, shape, axis = saved
+        gx = np.zeros(shape, dtype=dtype)
+        view = np.moveaxis(gx, axis, 0)
+        for i, g in enumerate(gs):
+            if g is not None:
+                view[i] = g
+        return (gx,)
+
+
 # ----------------------------------------------------------------------------- functions
 def _t(x: Any) -> Tensor:
     return x if isinstance(x, Tensor) else Tensor(x)
@@ -675,6 +699,12 @@ def chunk(x: Any, n: int, axis: int = 0) -> tuple[Tensor, ...]:
         raise ValueError(f"chunk: n must be positive, got {n}")
     length = t.shape[_norm_axis(axis, t.ndim, "chunk")]
     return split(t, builtins.max(-(-length // n), 1), axis)
+
+
+def unbind(x: Any, axis: int = 0) -> tuple[Tensor, ...]:
+    """The slices of `x` along `axis` (each without that axis), as one recorded op."""
+    t = _t(x)
+    return Unbind.apply(t, axis=_norm_axis(axis, t.ndim, "unbind"))
 
 
 def detach(state: Any) -> Any:

@@ -62,7 +62,7 @@ class Primitive:
             shapes = ", ".join(str(a.shape) for a in arrays)
             raise ShapeError(f"{cls.name}: {e} (input shapes {shapes})") from None
         needs = tuple([t._requires_grad for t in inputs])
-        node = Node(cls, inputs, saved, needs, cls.nout or len(out)) \
+        node = Node(cls, inputs, saved, needs, None if cls.nout == 1 else len(out)) \
             if mode.grad and True in needs else None
         if mode.anomaly:
             where = node.where if node is not None else user_source_line()

@@ -285,6 +285,28 @@ class Tensor:
     def chunk(self, n: int, axis: int = 0) -> tuple[Tensor, ...]:
         return chunk(self, n, axis)
 
+    def unbind(self, axis: int = 0) -> tuple[Tensor, ...]:
+        return unbind(self, axis)
+
+    def swapaxes(self, a: int, b: int) -> Tensor:
+        return swapaxes(self, a, b)
+
+    def permute(self, *axes: Any) -> Tensor:
+        return transpose(self, *axes)
+
+    def squeeze(self, axis: int | None = None) -> Tensor:
+        shape = self.shape
+        if axis is None:
+            return reshape(self, tuple(n for n in shape if n != 1))
+        if shape[axis] != 1:
+            return self
+        return reshape(self, shape[:axis % self.ndim] + shape[axis % self.ndim + 1:])
+
+    def unsqueeze(self, axis: int) -> Tensor:
+        shape = self.shape
+        axis = axis % (self.ndim + 1)
+        return reshape(self, shape[:axis] + (1,) + shape[axis:])
+
 
 def _data(x: Any) -> Any:
     return x.data if isinstance(x, Tensor) else x
@@ -315,5 +337,6 @@ def _index(index: Any) -> Any:
 # the primitives need Tensor, so they are imported after it is defined
 from .ops import (  # noqa: E402
     Abs, Add, Div, Exp, GetItem, Log, LogSumExp, MatMul, Max, Mean, Mul, Neg, Relu, Sigmoid,
-    Sqrt, Sub, Sum, Tanh, Transpose, chunk, clip, exp, maximum, pow, reshape, split, transpose,
+    Sqrt, Sub, Sum, Tanh, Transpose, chunk, clip, exp, maximum, pow, reshape, split, swapaxes,
+    transpose, unbind,
 )
