@@ -1,0 +1,381 @@
+"""Recurrence: `unroll` runs any cell over time; the built-in cells and layers are such cells.
+
+A cell is a callable `cell(x_t, state) -> (y_t, new_state)`, where state is a Tensor or a nested
+tuple/list of Tensors. Optionally it may also have
+- `step(x_t, state)`: used instead of calling the cell (built-in cells, whose `__call__` keeps
+  PyTorch's one-step signature, define it);
+- `project(xs)`: applied once to the whole (T, B, I) sequence before the loop, its result sliced
+  per step and passed to `step` — this is how the input projection of every time step becomes one
+  matmul. Custom cells can define it the same way;
+- `initial_state(batch_size)`: the state used when `state=None` (otherwise None is passed on).
+Backpropagation through time is just the tape; nothing here has a hand-written backward.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import ops
+from ..errors import ShapeError
+from ..random import rng
+from ..tensor import Tensor
+from .module import Module, Parameter
+
+State = Any
+
+
+def _as_tensor(x: Any, who: str) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    arr = np.asarray(x)
+    if arr.dtype.kind != "f":
+        raise ShapeError(f"{who}: expected a float array or Tensor as input, got dtype "
+                         f"{arr.dtype}")
+    return Tensor(arr)
+
+
+def unroll(cell: Callable[..., Any], xs: Any, state: State = None, batch_first: bool = False,
+           checkpoint_every: int | None = None) -> tuple[Tensor, State]:
+    """Run `cell` over the time axis of xs (T, B, ...) (or (B, T, ...) with batch_first).
+
+    Returns (ys, final_state) with ys the stacked y_t along the same time axis. BPTT comes from the
+    tape. With `checkpoint_every=k` only every k-th state is kept; the steps between are recomputed
+    during backward (memory O(T/k + k), identical gradients)."""
+    xs = _as_tensor(xs, "unroll")
+    if xs.ndim < 2:
+        raise ShapeError(f"unroll: xs must have a time and a batch axis, got shape {xs.shape}")
+    if batch_first:
+        xs = ops.swapaxes(xs, 0, 1)
+    step = getattr(cell, "step", cell)
+    if state is None and hasattr(cell, "initial_state"):
+        state = cell.initial_state(xs.shape[1])
+    project = getattr(cell, "project", None)
+    if project is not None:
+        xs = project(xs)
+    if checkpoint_every is not None:
+        from ..checkpoint import checkpointed_unroll
+        ys, state = checkpointed_unroll(step, xs, state, checkpoint_every)
+    else:
+        ys_list = []
+        for x_t in ops.unbind(xs, 0):
+            y, state = step(x_t, state)
+            ys_list.append(y)
+        ys = ops.stack(ys_list, 0)
+    if batch_first:
+        ys = ops.swapaxes(ys, 0, 1)
+    return ys, state
+
+
+class Recurrent(Module):
+    """Wrap a cell as a sequence layer: `forward(x, state=None) -> (outputs, final_state)`."""
+
+    def __init__(self, cell: Callable[..., Any], batch_first: bool = False,
+                 checkpoint_every: int | None = None) -> None:
+        super().__init__()
+        self.cell = cell
+        self.batch_first = batch_first
+        self.checkpoint_every = checkpoint_every
+
+    def forward(self, x: Any, state: State = None) -> tuple[Tensor, State]:
+        return unroll(self.cell, x, state, self.batch_first, self.checkpoint_every)
+
+
+# ----------------------------------------------------------------------------- built-in cells
+def _uniform(shape: tuple[int, ...], bound: float, dtype: Any) -> Parameter:
+    return Parameter(rng().uniform(-bound, bound, size=shape).astype(dtype))
+
+
+class _CellBase(Module):
+    """Shared parameters and checks of RNNCell/LSTMCell/GRUCell (PyTorch layout and init)."""
+
+    gates = 1
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 dtype: Any = np.float32) -> None:
+        super().__init__()
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        k = 1.0 / math.sqrt(hidden_size)  # PyTorch: U(-1/sqrt(H), 1/sqrt(H)) for every weight
+        gh = self.gates * hidden_size
+        self.weight_ih = _uniform((gh, input_size), k, dtype)
+        self.weight_hh = _uniform((gh, hidden_size), k, dtype)
+        if bias:
+            self.bias_ih = _uniform((gh,), k, dtype)
+            self.bias_hh = _uniform((gh,), k, dtype)
+        else:
+            self.bias_ih = self.bias_hh = None
+
+    @classmethod
+    def _from_params(cls, params: dict[str, Parameter], **kw: Any) -> _CellBase:
+        """A cell that shares existing Parameters (how the multi-layer layers build theirs)."""
+        cell = cls.__new__(cls)
+        Module.__init__(cell)
+        w = params["weight_ih"]
+        cell.input_size, cell.hidden_size = w.shape[1], params["weight_hh"].shape[1]
+        cell.bias = params.get("bias_ih") is not None
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            setattr(cell, name, params.get(name))
+        for k, v in kw.items():
+            setattr(cell, k, v)
+        return cell
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
+
+    def initial_state(self, batch_size: int) -> State:
+        return None  # `step` builds zeros of the right shape and dtype
+
+    def _zeros(self, like: Tensor) -> Tensor:
+        return Tensor(np.zeros(like.shape[:-1] + (self.hidden_size,), dtype=like.dtype))
+
+    def _check_state(self, h: Any, xp: Tensor) -> Tensor:
+        h = h if isinstance(h, Tensor) else Tensor(np.asarray(h, dtype=xp.dtype))
+        want = xp.shape[:-1] + (self.hidden_size,)
+        if h.shape != want:
+            raise ShapeError(f"{type(self).__name__}: expected a state of shape {want}, "
+                             f"got {h.shape}")
+        return h
+
+    def _check_input(self, x: Any) -> Tensor:
+        x = _as_tensor(x, type(self).__name__)
+        if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
+            raise ShapeError(f"{type(self).__name__}: expected input of shape (B, "
+                             f"{self.input_size}) or ({self.input_size},), got {x.shape}")
+        return x
+
+    def project(self, xs: Tensor) -> Tensor:
+        """x W_ih^T + b for all time steps at once: (..., I) -> (..., gates*H)."""
+        if xs.shape[-1] != self.input_size:
+            raise ShapeError(f"{type(self).__name__}: expected inputs with {self.input_size} "
+                             f"features, got shape {xs.shape}")
+        out = xs @ self.weight_ih.T
+        if self.bias_ih is not None:
+            out = out + self._projected_bias()
+        return out
+
+    def _projected_bias(self) -> Tensor:
+        return self.bias_ih + self.bias_hh  # both biases add before any nonlinearity
+
+    def _recurrent(self, h: Tensor) -> Tensor:
+        return h @ self.weight_hh.T
+
+    def forward(self, x: Any, state: State = None) -> State:
+        """One step, PyTorch's cell signature: returns the new state (h, or (h, c) for LSTM)."""
+        x = self._check_input(x)
+        return self.step(self.project(x), state)[1]
+
+    def step(self, xp: Tensor, state: State) -> tuple[Tensor, State]:
+        raise NotImplementedError
+
+
+class RNNCell(_CellBase):
+    """h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 nonlinearity: str = "tanh", dtype: Any = np.float32) -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"RNNCell: nonlinearity must be 'tanh' or 'relu', "
+                             f"got {nonlinearity!r}")
+        super().__init__(input_size, hidden_size, bias, dtype)
+        self.nonlinearity = nonlinearity
+
+    def step(self, xp: Tensor, state: State) -> tuple[Tensor, State]:
+        h = self._zeros(xp) if state is None else self._check_state(state, xp)
+        a = xp + self._recurrent(h)
+        h = a.tanh() if self.nonlinearity == "tanh" else a.relu()
+        return h, h
+
+
+class LSTMCell(_CellBase):
+    """Gates i, f, g, o: c' = f c + i g, h' = o tanh(c'). State is (h, c)."""
+
+    gates = 4
+
+    def step(self, xp: Tensor, state: State) -> tuple[Tensor, State]:
+        if state is None:
+            h = c = self._zeros(xp)
+        else:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise ShapeError("LSTMCell: the state must be a tuple (h, c)")
+            h, c = self._check_state(state[0], xp), self._check_state(state[1], xp)
+        i, f, g, o = ops.chunk(xp + self._recurrent(h), 4, axis=-1)
+        c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+        h = o.sigmoid() * c.tanh()
+        return h, (h, c)
+
+
+class GRUCell(_CellBase):
+    """Gates r, z, n: n = tanh(W_in x + b_in + r (W_hn h + b_hn)), h' = (1 - z) n + z h."""
+
+    gates = 3
+
+    def _projected_bias(self) -> Tensor:
+        return self.bias_ih  # b_hn sits inside r * (...), so b_hh stays in the recurrent part
+
+    def _recurrent(self, h: Tensor) -> Tensor:
+        out = h @ self.weight_hh.T
+        return out if self.bias_hh is None else out + self.bias_hh
+
+    def step(self, xp: Tensor, state: State) -> tuple[Tensor, State]:
+        h = self._zeros(xp) if state is None else self._check_state(state, xp)
+        xr, xz, xn = ops.chunk(xp, 3, axis=-1)
+        hr, hz, hn = ops.chunk(self._recurrent(h), 3, axis=-1)
+        r = (xr + hr).sigmoid()
+        z = (xz + hz).sigmoid()
+        n = (xn + r * hn).tanh()
+        h = n + z * (h - n)
+        return h, h
+
+
+# ----------------------------------------------------------------------------- sequence layers
+class _RNNBase(Module):
+    """Multi-layer, optionally bidirectional recurrence with PyTorch's parameter names."""
+
+    cell_class: type[_CellBase] = RNNCell
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 nonlinearity: str = "tanh", dtype: Any = np.float32,
+                 checkpoint_every: int | None = None) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"{type(self).__name__}: num_layers must be >= 1, got {num_layers}")
+        if not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"{type(self).__name__}: dropout must be in [0, 1], got {dropout}")
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"{type(self).__name__}: nonlinearity must be 'tanh' or 'relu', "
+                             f"got {nonlinearity!r}")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, dropout
+        self.bidirectional, self.nonlinearity = bidirectional, nonlinearity
+        self.checkpoint_every = checkpoint_every
+        dirs = 2 if bidirectional else 1
+        k = 1.0 / math.sqrt(hidden_size)
+        gh = self.cell_class.gates * hidden_size
+        cells = []
+        for layer in range(num_layers):
+            for d in range(dirs):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                in_size = input_size if layer == 0 else hidden_size * dirs
+                params = {"weight_ih": _uniform((gh, in_size), k, dtype),
+                          "weight_hh": _uniform((gh, hidden_size), k, dtype)}
+                if bias:
+                    params["bias_ih"] = _uniform((gh,), k, dtype)
+                    params["bias_hh"] = _uniform((gh,), k, dtype)
+                for name, p in params.items():
+                    setattr(self, name + sfx, p)
+                extra = {"nonlinearity": nonlinearity} if self.cell_class is RNNCell else {}
+                cells.append(self.cell_class._from_params(params, **extra))
+        object.__setattr__(self, "_cells", cells)  # share our Parameters; not registered twice
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
+                              ("dropout", 0.0), ("bidirectional", False)):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)}"
+        return s
+
+    def _check(self, x: Tensor) -> None:
+        name = type(self).__name__
+        if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
+            layout = "(B, T" if self.batch_first else "(T, B"
+            raise ShapeError(f"{name}: expected input of shape {layout}, {self.input_size}) or "
+                             f"(T, {self.input_size}), got {x.shape}")
+
+    def _split_state(self, state: Any, batch: int, dtype: Any) -> list[Any]:
+        """The user's (L*D, B, H) state(s) as one initial state per (layer, direction)."""
+        n = len(self._cells)
+        want = (n, batch, self.hidden_size)
+        is_lstm = self.cell_class is LSTMCell
+        if state is None:
+            return [None] * n
+        parts = state if is_lstm else (state,)
+        if is_lstm and (not isinstance(state, (tuple, list)) or len(state) != 2):
+            raise ShapeError(f"{type(self).__name__}: the state must be a tuple (h_0, c_0)")
+        per = []
+        for s in parts:
+            s = s if isinstance(s, Tensor) else Tensor(np.asarray(s, dtype=dtype))
+            if s.shape != want:
+                raise ShapeError(f"{type(self).__name__}: expected a state of shape {want}, "
+                                 f"got {s.shape}")
+            per.append(ops.unbind(s, 0))
+        return [tuple(p[i] for p in per) if is_lstm else per[0][i] for i in range(n)]
+
+    def forward(self, x: Any, state: Any = None) -> tuple[Tensor, Any]:
+        """x (T, B, I) (or (B, T, I), or unbatched (T, I)) -> (output, h_n) — LSTM:
+        (output, (h_n, c_n)) — with output (T, B, D*H) and h_n (L*D, B, H) as PyTorch."""
+        x = _as_tensor(x, type(self).__name__)
+        self._check(x)
+        unbatched = x.ndim == 2
+        if unbatched:
+            x = x.unsqueeze(1)
+            state = None if state is None else _unsqueeze(state)
+        elif self.batch_first:
+            x = ops.swapaxes(x, 0, 1)
+        init = self._split_state(state, x.shape[1], x.dtype)
+        dirs = 2 if self.bidirectional else 1
+        finals = []
+        for layer in range(self.num_layers):
+            if layer > 0 and self.dropout > 0 and self.training:
+                from .functional import dropout
+                x = dropout(x, self.dropout, True)
+            outs = []
+            for d in range(dirs):
+                i = layer * dirs + d
+                xs = x if d == 0 else x[::-1]
+                ys, s = unroll(self._cells[i], xs, init[i],
+                               checkpoint_every=self.checkpoint_every)
+                outs.append(ys if d == 0 else ys[::-1])
+                finals.append(s)
+            x = outs[0] if dirs == 1 else ops.concat(outs, axis=-1)
+        if self.cell_class is LSTMCell:
+            final = (ops.stack([s[0] for s in finals]), ops.stack([s[1] for s in finals]))
+        else:
+            final = ops.stack(finals)
+        if unbatched:
+            return x.squeeze(1), _squeeze(final)
+        return (ops.swapaxes(x, 0, 1) if self.batch_first else x), final
+
+
+def _unsqueeze(state: Any) -> Any:
+    if isinstance(state, (tuple, list)):
+        return type(state)(_unsqueeze(s) for s in state)
+    s = state if isinstance(state, Tensor) else Tensor(state)
+    return s.unsqueeze(1)
+
+
+def _squeeze(state: Any) -> Any:
+    if isinstance(state, (tuple, list)):
+        return type(state)(_squeeze(s) for s in state)
+    return state.squeeze(1)
+
+
+class RNN(_RNNBase):
+    """Elman RNN, h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), act = tanh or relu."""
+
+    cell_class = RNNCell
+
+
+class LSTM(_RNNBase):
+    """LSTM with PyTorch's gate order i, f, g, o; state (h, c)."""
+
+    cell_class = LSTMCell
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("nonlinearity", "tanh") != "tanh":
+            raise ValueError("LSTM: has no nonlinearity option")
+        super().__init__(*args, **kwargs)
+
+
+class GRU(_RNNBase):
+    """GRU with PyTorch's gates r, z, n."""
+
+    cell_class = GRUCell
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("nonlinearity", "tanh") != "tanh":
+            raise ValueError("GRU: has no nonlinearity option")
+        super().__init__(*args, **kwargs)

@@ -1,0 +1,187 @@
+"""`gradcheck`: analytic gradients (the tape) against float64 central differences.
+
+The outputs of `fn` are reduced to one scalar with fixed random cotangents r_k,
+
+    L = sum_k sum(out_k * r_k),
+
+so a single backward checks the whole vector-Jacobian product, and a wrong transpose or a
+swapped pair of gradients cannot hide behind an all-ones upstream gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..engine import enable_grad, no_grad
+from ..tensor import Tensor
+
+_SEED = 0  # fixed: the same cotangents every run, so a failure reproduces
+
+
+class GradcheckError(AssertionError):
+    """Analytic and numeric gradients disagree (or `fn` misbehaved while being checked).
+
+    An AssertionError, so pytest shows it as a failed check. When it is about one gradient entry,
+    `input_index`, `element_index`, `analytic` and `numeric` say which entry and both values.
+    """
+
+    def __init__(self, message: str, input_index: int | None = None,
+                 element_index: tuple[int, ...] | None = None, analytic: float | None = None,
+                 numeric: float | None = None) -> None:
+        super().__init__(message)
+        self.input_index = input_index
+        self.element_index = element_index
+        self.analytic = analytic
+        self.numeric = numeric
+
+
+def gradcheck(fn: Callable[..., Any], inputs: Sequence[Any], eps: float = 1e-6,
+              atol: float = 1e-5, rtol: float = 1e-3) -> bool:
+    """Check the gradients of `fn(*inputs)` against central differences; return True or raise.
+
+    - `inputs`: numpy arrays, Tensors or numbers. Floating ones are copied, upcast to float64 and
+      passed as leaves with `requires_grad=True`; integer and bool ones (indices, masks) are
+      passed as constant Tensors. The caller's arrays are never modified.
+    - `fn` returns a Tensor or a nested tuple/list of Tensors, e.g. `(output, (h, c))`.
+    - With fixed random cotangents r_k, L = sum_k sum(out_k * r_k). The analytic gradient of
+      each input comes from `L.backward()` (no gradient at all counts as zeros); the numeric one
+      from (L(x + eps) - L(x - eps)) / 2 eps per element, evaluated under `tg.no_grad()`.
+    - Entries must satisfy |analytic - numeric| <= atol + rtol * |numeric| (np.allclose); the
+      first that does not raises `GradcheckError` naming the input index, the element index and
+      both values. A non-float output raises TypeError.
+
+    Example -- property-testing your own cell over random sequences with hypothesis::
+
+        import numpy as np
+        import tinygrad_rnn as tg
+        from hypothesis import given
+        from tinygrad_rnn.testing import gradcheck, strategies
+
+        def my_cell(x, h, W, U):                  # x (B, I), h (B, H) -> new h (B, H)
+            return tg.tanh(x @ W + h @ U) * tg.sigmoid(h)
+
+        rng = np.random.default_rng(0)
+        W, U = rng.normal(size=(3, 4)), rng.normal(size=(4, 4))
+
+        @given(xs=strategies.sequences(T=4, B=2, I=3), h0=strategies.arrays((2, 4)))
+        def test_my_cell_bptt(xs, h0):
+            def run(xs, h, W, U):                 # unroll over time: BPTT comes from the tape
+                for t in range(xs.shape[0]):
+                    h = my_cell(xs[t], h, W, U)
+                return h
+            assert gradcheck(run, [xs, h0, W, U])   # checks d/dxs, d/dh0, d/dW and d/dU
+    """
+    if not eps > 0:
+        raise ValueError(f"gradcheck: eps must be positive, got {eps}")
+    if isinstance(inputs, (Tensor, np.ndarray, np.generic, int, float)):
+        inputs = (inputs,)  # one input given bare: never iterate over an array's rows
+    pristine, wants = _prepare(inputs)
+
+    # analytic: one backward through the whole graph
+    leaves = [Tensor(np.array(a, copy=True), requires_grad=w) for a, w in zip(pristine, wants)]
+    with enable_grad():
+        outs = _flatten(fn(*leaves), "fn(*inputs)")
+        rng = np.random.default_rng(_SEED)
+        cots = [rng.standard_normal(o.shape) for o in outs]
+        loss = None
+        for o, r in zip(outs, cots):
+            if o.requires_grad:
+                term = (o * Tensor(r)).sum()
+                loss = term if loss is None else loss + term
+        if loss is not None:
+            loss.backward()
+    for i, (t, a) in enumerate(zip(leaves, pristine)):
+        if not np.array_equal(t.data, a, equal_nan=a.dtype.kind == "f"):
+            raise GradcheckError(f"gradcheck: fn modified input {i} (shape {a.shape}) in place; "
+                                 f"operations must return new tensors", input_index=i)
+    analytic = []
+    for i, (t, w) in enumerate(zip(leaves, wants)):
+        g = t.grad if w and t.grad is not None else np.zeros(t.shape)
+        if g.shape != t.shape or g.dtype != np.float64:
+            raise GradcheckError(f"gradcheck: the analytic gradient of input {i} has shape "
+                                 f"{g.shape} and dtype {g.dtype}; expected the input's shape "
+                                 f"{t.shape} and float64", input_index=i)
+        analytic.append(g)
+
+    # numeric: central differences of L, one element at a time, on a private copy
+    shapes = [o.shape for o in outs]
+    work = [np.array(a, copy=True) for a in pristine]
+
+    def loss_value() -> float:
+        with no_grad():
+            outs_ = _flatten(fn(*[Tensor(a) for a in work]), "fn(*inputs)")
+        if [o.shape for o in outs_] != shapes:
+            raise GradcheckError(f"gradcheck: fn returned outputs of shapes "
+                                 f"{[o.shape for o in outs_]} on a perturbed input, but {shapes} "
+                                 f"at first; fn must be a deterministic function of its inputs")
+        return float(sum(np.sum(o.data * r, dtype=np.float64) for o, r in zip(outs_, cots)))
+
+    for i, (x, w) in enumerate(zip(work, wants)):
+        if not w:
+            continue
+        for idx in np.ndindex(x.shape):
+            x0 = x[idx]
+            x[idx] = x0 + eps
+            hi, lp = x[idx], loss_value()
+            x[idx] = x0 - eps
+            lo, lm = x[idx], loss_value()
+            x[idx] = x0
+            n = (lp - lm) / (hi - lo)  # the step actually taken, after rounding
+            a = float(analytic[i][idx])
+            if not abs(a - n) <= atol + rtol * abs(n):  # also False for NaN
+                raise GradcheckError(
+                    f"gradcheck: gradient mismatch for input {i} (shape {x.shape}) at element "
+                    f"{idx}: analytic {a!r}, numeric {n!r} (|difference| {abs(a - n):.3g} > "
+                    f"atol + rtol * |numeric| = {atol + rtol * abs(n):.3g}; central differences "
+                    f"with eps={eps} of L = sum_k sum(out_k * r_k), random r_k)",
+                    input_index=i, element_index=idx, analytic=a, numeric=n)
+    return True
+
+
+def _prepare(inputs: Sequence[Any]) -> tuple[list[np.ndarray], list[bool]]:
+    """Private copies of the inputs: floats as float64 (differentiated), ints/bools as they are."""
+    arrays, wants = [], []
+    for i, x in enumerate(inputs):
+        a = x.data if isinstance(x, Tensor) else x
+        try:
+            a = np.asarray(a)
+        except Exception:  # noqa: BLE001 - reported below with the input index
+            a = np.asarray(None, dtype=object)
+        if a.dtype.kind == "f":
+            arrays.append(np.array(a, dtype=np.float64, copy=True))
+            wants.append(True)
+        elif a.dtype.kind in "iub":
+            arrays.append(np.array(a, copy=True))
+            wants.append(False)
+        else:
+            raise TypeError(f"gradcheck: input {i} is a {type(x).__name__} of dtype {a.dtype}; "
+                            f"inputs must be numpy arrays, Tensors or numbers (float inputs are "
+                            f"differentiated, integer/bool ones passed as constants)")
+    return arrays, wants
+
+
+def _flatten(out: Any, path: str) -> list[Tensor]:
+    """The Tensors of a nested tuple/list, in order; anything else is a TypeError."""
+    found: list[Tensor] = []
+    stack = [(out, path)]
+    while stack:
+        o, p = stack.pop()
+        if isinstance(o, Tensor):
+            if o.dtype.kind != "f":
+                raise TypeError(f"gradcheck: {p} is a Tensor of dtype {o.dtype}; fn must return "
+                                f"floating-point Tensors")
+            if o.dtype != np.float64:
+                raise TypeError(f"gradcheck: {p} has dtype {o.dtype}; central differences need "
+                                f"float64 outputs (the inputs are float64: make any parameters "
+                                f"or constants inside fn float64 too)")
+            found.append(o)
+        elif isinstance(o, (tuple, list)):
+            stack.extend(reversed([(v, f"{p}[{k}]") for k, v in enumerate(o)]))
+        else:
+            raise TypeError(f"gradcheck: {p} is a {type(o).__name__}; fn must return a Tensor or "
+                            f"a nested tuple/list of Tensors")
+    if not found:
+        raise TypeError(f"gradcheck: {path} returned no Tensor (an empty tuple/list)")
+    return found
