@@ -12,7 +12,7 @@ from .ops import (
 from .primitive import Primitive
 from .checkpoint import checkpoint
 from .random import manual_seed
-from . import nn, optim
+from . import bptt, diagnostics, nn, optim, testing
 # io (save/load) is added when tinygrad_rnn/io.py lands
 
 default_dtype = np.float32

@@ -211,10 +211,32 @@ def _accumulate(t: Tensor, g: np.ndarray) -> None:
         else:
             np.add(t.grad, g, out=t.grad)
     elif m.nout is None:
-        m.grad = g if m.grad is None else m.grad + g
+        m.grad = _add_pending(m.grad, g)
     else:
-        i = t._idx
-        m.grad[i] = g if m.grad[i] is None else m.grad[i] + g
+        m.grad[t._idx] = _add_pending(m.grad[t._idx], g)
+
+
+class _Pending(list):
+    """Gradient contributions to one non-leaf output, in arrival (= descending record) order.
+
+    They are summed only when their node is replayed, in ascending record order. The sum then
+    does not depend on how the replay is grouped, which is what makes `checkpoint` reproduce
+    the plain run's gradients to the last bit."""
+
+    def total(self) -> np.ndarray:
+        g = self[-1] + self[-2]
+        for c in self[-3::-1]:
+            g += c
+        return g
+
+
+def _add_pending(cur: Any, g: np.ndarray) -> Any:
+    if cur is None:
+        return g
+    if type(cur) is _Pending:
+        cur.append(g)
+        return cur
+    return _Pending((cur, g))
 
 
 def backward(root: Tensor, grad: Any = None, retain_graph: bool = False) -> None:
@@ -249,7 +271,13 @@ def run_backward(roots: list[Tensor], grads: list[np.ndarray | None], retain_gra
     try:
         for n in nodes:
             g = n.grad
-            n.grad = None if n.nout is None else [None] * n.nout
+            if n.nout is None:
+                n.grad = None
+                if type(g) is _Pending:
+                    g = g.total()
+            else:
+                n.grad = [None] * n.nout
+                g = [x.total() if type(x) is _Pending else x for x in g]
             if n.retained is not None:
                 _store_retained(n, g)
             op = n.op

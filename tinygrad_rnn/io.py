@@ -38,6 +38,13 @@ def _arrays(obj: Any) -> dict[str, np.ndarray]:
         if not isinstance(key, str):
             raise TypeError(f"save: every key must be a str, got key {key!r} of type "
                             f"{type(key).__name__}")
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"save: key {key!r} cannot be stored (not encodable as UTF-8)") \
+                from None
+        if "\x00" in key:  # zip member names end at the first NUL
+            raise ValueError(f"save: key {key!r} contains a NUL character")
         if isinstance(value, Tensor):
             value = value.data
         if not isinstance(value, (np.ndarray, np.generic)):
@@ -94,7 +101,7 @@ def save(module_or_state_dict: Any, path: str | os.PathLike[str]) -> None:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     mode = _new_file_mode(path)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path)[:64] + ".", suffix=".tmp",
                                dir=folder)
     owned = False  # True once the file object owns (and will close) fd
     try:
@@ -154,15 +161,22 @@ def load(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     FileNotFoundError; a truncated, corrupt or foreign file (not an npz, or holding object or
     other non-numeric arrays) raises ValueError naming the path and what was wrong."""
     path = os.fspath(path)
-    with open(path, "rb") as f:  # FileNotFoundError / IsADirectoryError propagate as they are
-        head = f.read(16)
+    # FileNotFoundError / IsADirectoryError propagate as they are. We own the file object:
+    # np.load(path) leaks its handle when the zip turns out to be broken.
+    with open(path, "rb") as f:
+        return _load_npz(f, path)
+
+
+def _load_npz(f: IO[bytes], path: str) -> dict[str, np.ndarray]:
+    head = f.read(16)
+    f.seek(0)
     # a zip starts with a local file header, or with the end record when it has no members
     if not (head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06")):
         raise ValueError(f"load: {path!r} is not an .npz archive: {_sniff(head)}")
     out: dict[str, np.ndarray] = {}
     key = None
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with np.load(f, allow_pickle=False) as npz:
             if not isinstance(npz, np.lib.npyio.NpzFile):
                 raise ValueError("it is not an .npz archive")
             for key in npz.files:
@@ -175,8 +189,6 @@ def load(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                 out[key] = value
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile,
             zipfile.LargeZipFile, NotImplementedError, RuntimeError, MemoryError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise  # removed between the two opens
         where = f" (while reading {key!r})" if key is not None else ""
         raise ValueError(f"load: {path!r} is corrupt or not a file written by save{where}: "
                          f"{type(e).__name__}: {e}") from e

@@ -209,7 +209,8 @@ class Sigmoid(Primitive):
 
     @staticmethod
     def forward(x):
-        y = np.maximum(x, _SIGMOID_LO.get(x.dtype, -708.0))  # no overflow warning, no NaN
+        y = np.empty(x.shape, dtype=x.dtype if x.dtype.kind == "f" else np.float64)
+        np.maximum(x, _SIGMOID_LO.get(x.dtype, -708.0), out=y)  # no overflow warning, no NaN
         np.negative(y, out=y)
         np.exp(y, out=y)
         y += 1
@@ -578,14 +579,19 @@ def pow(x: Any, p: Any) -> Tensor:  # noqa: A001
     """x ** p for a Python number p (elementwise)."""
     if isinstance(p, Tensor) or not np.isscalar(p) or isinstance(p, (str, bytes)):
         raise TypeError(f"pow: the exponent must be a Python number, got {type(p).__name__}")
-    return Pow.apply(_t(x), p=p)
+    return Pow.apply(_t(x), p=_py(p))
+
+
+def _py(v: Any) -> Any:
+    """A numpy scalar as a Python number, so that it never changes the tensor's dtype."""
+    return v.item() if isinstance(v, np.generic) else v
 
 
 def clip(x: Any, lo: float | None = None, hi: float | None = None) -> Tensor:
     """Elementwise clamp to [lo, hi]; either bound may be None."""
     if lo is None and hi is None:
         raise ValueError("clip: at least one of lo and hi must be given")
-    return Clip.apply(_t(x), lo=lo, hi=hi)
+    return Clip.apply(_t(x), lo=_py(lo), hi=_py(hi))
 
 
 def where(cond: Any, a: Any, b: Any) -> Tensor:
@@ -636,9 +642,13 @@ def transpose(x: Any, *axes: Any) -> Tensor:
     """Permute axes with numpy's meaning: no axes reverses them, else a permutation of all axes."""
     t = _t(x)
     perm = _shape_args(axes) or None
-    if perm is not None and len(perm) != t.ndim:
-        raise ShapeError(f"transpose: axes {perm} must be a permutation of all {t.ndim} axes "
-                         f"of shape {t.shape} (numpy's meaning); use swapaxes(a, b) to swap two")
+    if perm is not None:
+        norm = tuple(a % t.ndim if -t.ndim <= a < t.ndim else a for a in perm)
+        if sorted(norm) != list(range(t.ndim)):
+            raise ShapeError(f"transpose: axes {perm} must be a permutation of all {t.ndim} "
+                             f"axes of shape {t.shape} (numpy's meaning); use swapaxes(a, b) "
+                             f"to swap two")
+        perm = norm
     return Transpose.apply(t, axes=perm)
 
 
@@ -646,6 +656,7 @@ def swapaxes(x: Any, a: int, b: int) -> Tensor:
     """Exchange two axes (PyTorch's `transpose(a, b)`)."""
     t = _t(x)
     perm = list(range(t.ndim))
+    a, b = _norm_axis(a, t.ndim, "swapaxes"), _norm_axis(b, t.ndim, "swapaxes")
     perm[a], perm[b] = perm[b], perm[a]
     return Transpose.apply(t, axes=tuple(perm))
 

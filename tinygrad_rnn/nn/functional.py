@@ -39,6 +39,16 @@ def _float_tensor(x: Any, fn: str, arg: str) -> Tensor:
     return t
 
 
+def _operand(v: Any, like: Tensor, fn: str, arg: str) -> Tensor:
+    """A parameter-like operand (weight, bias): Tensors as given, arrays in `like`'s dtype."""
+    if isinstance(v, Tensor):
+        return _float_tensor(v, fn, arg)
+    arr = np.asarray(v)
+    if arr.dtype.kind not in "fiub":
+        raise DTypeError(f"{fn}: {arg} must be numeric, got dtype {arr.dtype}")
+    return Tensor(arr.astype(like.dtype, copy=False))
+
+
 def _target(target: Any, like: Tensor, fn: str) -> Tensor:
     """A float target as a Tensor with exactly `like`'s shape. Tensors are used as they are (so
     a target may itself require grad); arrays and lists take `like`'s dtype (no upcast)."""
@@ -78,28 +88,36 @@ def _axis(axis: int, ndim: int, fn: str) -> int:
 
 # ----------------------------------------------------------------------------- activations
 def softmax(x: Any, axis: int = -1) -> Tensor:
-    """exp(x - logsumexp(x, axis)): rows sum to 1, finite for inputs of any size."""
+    """exp(log_softmax(x, axis)): rows sum to 1, finite for inputs of any size."""
     x = _float_tensor(x, "softmax", "x")
     return ops.exp(log_softmax(x, _axis(axis, x.ndim, "softmax")))
 
 
 def log_softmax(x: Any, axis: int = -1) -> Tensor:
-    """x - logsumexp(x, axis), stable for large inputs (never log of an underflowed softmax)."""
+    """x - logsumexp(x, axis), stable for large inputs (never log of an underflowed softmax).
+
+    Computed as z - logsumexp(z) with z = x - max(x): subtracting the row maximum first is exact
+    near the maximum, where x - logsumexp(x) would lose the digits of a large |x| (1e4 in
+    float32). The maximum is a constant: log_softmax does not change when x shifts, so its
+    gradient is unaffected."""
     x = _float_tensor(x, "log_softmax", "x")
     axis = _axis(axis, x.ndim, "log_softmax")
-    return x - ops.logsumexp(x, axis=axis, keepdims=True)
+    m = x.data.max(axis=axis, keepdims=True) if x.size else np.zeros((), x.dtype)
+    m = np.where(np.isfinite(m), m, x.dtype.type(0))  # an all -inf row: shift by 0, not nan
+    z = x - Tensor(m)
+    return z - ops.logsumexp(z, axis=axis, keepdims=True)
 
 
 def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
     """x @ weight.T + bias, with x (..., in), weight (out, in), bias (out,)."""
     x = _float_tensor(x, "linear", "x")
-    weight = _float_tensor(weight, "linear", "weight")
+    weight = _operand(weight, x, "linear", "weight")
     if weight.ndim != 2 or x.ndim == 0 or x.shape[-1] != weight.shape[1]:
         raise ShapeError(f"linear: expected x (..., in) and weight (out, in) with matching "
                          f"'in', got x {x.shape} and weight {weight.shape}")
     y = x @ weight.T
     if bias is not None:
-        bias = _float_tensor(bias, "linear", "bias")
+        bias = _operand(bias, x, "linear", "bias")
         if bias.shape != (weight.shape[0],):
             raise ShapeError(f"linear: expected bias of shape ({weight.shape[0]},) for weight "
                              f"{weight.shape}, got {bias.shape}")
@@ -134,6 +152,8 @@ def cross_entropy(logits: Any, target: Any, reduction: str = "mean",
                          f"target.reshape(-1) for a sequence)")
     n, c = logits.shape
     tgt = np.asarray(target.data if isinstance(target, Tensor) else target)
+    if tgt.size == 0 and not isinstance(target, (Tensor, np.ndarray)):
+        tgt = tgt.astype(np.int64)  # an empty list: np.asarray([]) would be float
     if tgt.dtype.kind not in "iu":
         raise DTypeError(f"{fn}: target must hold integer class indices, got dtype {tgt.dtype} "
                          f"(use binary_cross_entropy or mse_loss for float targets)")
@@ -226,7 +246,7 @@ def layer_norm(x: Any, normalized_shape: int | Sequence[int], weight: Any = None
     for name, p in (("weight", weight), ("bias", bias)):
         if p is None:
             continue
-        p = _float_tensor(p, fn, name)
+        p = _operand(p, x, fn, name)
         if p.shape != shape:
             raise ShapeError(f"{fn}: {name} must have shape normalized_shape {shape}, "
                              f"got {p.shape}")

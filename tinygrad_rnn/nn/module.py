@@ -16,7 +16,7 @@ class Parameter(Tensor):
     __slots__ = ()
 
     def __init__(self, data: Any, requires_grad: bool = True, dtype: Any = None) -> None:
-        arr = np.array(data.data if isinstance(data, Tensor) else data, dtype=dtype, copy=True)
+        arr = Tensor(data, dtype=dtype).data.copy()  # lists and numbers get tg.default_dtype
         if arr.dtype.kind != "f":
             raise DTypeError(f"Parameter: needs floating-point data, got dtype {arr.dtype}")
         super().__init__(arr, requires_grad=requires_grad)

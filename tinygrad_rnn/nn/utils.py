@@ -35,7 +35,12 @@ def _norm(g: np.ndarray, norm_type: float) -> float:
     if norm_type == math.inf:
         return float(a.max())
     if norm_type == 2.0:
-        return float(np.sqrt(np.dot(a, a)))
+        with np.errstate(over="ignore"):
+            sq = float(np.dot(a, a))
+        if sq == math.inf and np.isfinite(a).all():  # overflow of the squares: rescale
+            m = float(a.max())
+            return m * math.sqrt(float(np.dot(a / m, a / m)))
+        return math.sqrt(sq)
     if norm_type == 1.0:
         return float(a.sum())
     return float((a ** norm_type).sum() ** (1.0 / norm_type))
@@ -66,9 +71,9 @@ def clip_grad_norm_(params: Tensor | Iterable[Tensor], max_norm: float, norm_typ
         return 0.0
     norms = [_norm(g, norm_type) for g in grads]
     if norm_type == math.inf:
-        total = max(norms)
+        total = float(np.max(norms))  # builtin max() would drop a nan
     elif norm_type == 2.0:
-        total = math.sqrt(math.fsum(n * n for n in norms))
+        total = math.hypot(*norms) if not any(map(math.isnan, norms)) else math.nan
     else:
         total = math.fsum(n ** norm_type for n in norms) ** (1.0 / norm_type)
     if not math.isfinite(total):
@@ -79,8 +84,9 @@ def clip_grad_norm_(params: Tensor | Iterable[Tensor], max_norm: float, norm_typ
                 f"unchanged. Lower the learning rate, check the loss with tg.detect_anomaly(), "
                 f"or pass error_if_nonfinite=False to scale them anyway (as PyTorch)")
         coef = max_norm / (total + 1e-6)  # nan or 0, exactly what PyTorch multiplies by
-        for g in grads:
-            np.multiply(g, coef, out=g, casting="unsafe")
+        with np.errstate(invalid="ignore"):  # inf * 0 = nan is the documented outcome
+            for g in grads:
+                np.multiply(g, coef, out=g, casting="unsafe")
         return total
     coef = max_norm / (total + 1e-6)
     if coef < 1.0:

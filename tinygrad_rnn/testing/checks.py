@@ -111,7 +111,8 @@ def gradcheck(fn: Callable[..., Any], inputs: Sequence[Any], eps: float = 1e-6,
 
     def loss_value() -> float:
         with no_grad():
-            outs_ = _flatten(fn(*[Tensor(a) for a in work]), "fn(*inputs)")
+            outs_ = _flatten(fn(*[Tensor(a, requires_grad=w) for a, w in zip(work, wants)]),
+                             "fn(*inputs)")
         if [o.shape for o in outs_] != shapes:
             raise GradcheckError(f"gradcheck: fn returned outputs of shapes "
                                  f"{[o.shape for o in outs_]} on a perturbed input, but {shapes} "

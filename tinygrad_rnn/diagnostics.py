@@ -1,0 +1,122 @@
+"""Gradient-flow diagnostics: how strongly the loss reaches back to each time step."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from . import ops
+from .errors import ShapeError
+from .tensor import Tensor
+
+
+def _first(state: Any) -> Tensor:
+    while isinstance(state, (tuple, list)):
+        state = state[0]
+    if not isinstance(state, Tensor):
+        raise TypeError(f"gradient_flow: the model returned a state of type "
+                        f"{type(state).__name__}; expected a Tensor or a tuple of Tensors")
+    return state
+
+
+def gradient_flow(model: Callable[..., Any], xs: Any, loss_fn: Callable[..., Tensor],
+                  state: Any = None, ys: Any = None,
+                  batch_first: bool = False) -> np.ndarray:
+    """||dL/dh_t|| for t = 1..T: the norm over the whole batch of the total derivative of the loss
+    with respect to the state after step t (its first tensor for a tuple state, h of an LSTM).
+
+    The model (`model(x_chunk, state) -> (outputs, state)`) is run one step at a time so that
+    every intermediate state is a tensor we can ask about; it must therefore be causal
+    (unidirectional). When the returned state only re-arranges tensors computed inside the model
+    (the built-in layers return h_n = stack of each layer's h), the derivative is taken with
+    respect to those inner tensors, so that the path through the step's own output counts too.
+    The loss is `loss_fn(outputs)` or, when `ys` is given, `loss_fn(outputs, ys)`, on the
+    outputs of all T steps. Parameters' .grad are left untouched. Returns float64 (T,)."""
+    from .bptt import _length, _slice
+
+    axis = 1 if batch_first else 0
+    T = _length(xs, axis, "gradient_flow")
+    outs, probes = [], []
+    for t in range(T):
+        out, state = model(_slice(xs, t, t + 1, axis), state)
+        h = _first(state)
+        if not h.requires_grad:
+            raise ShapeError("gradient_flow: the state does not depend on anything that "
+                             "requires grad, so dL/dh_t is undefined (is the model under "
+                             "no_grad, or are its parameters frozen?)")
+        inner = _sources(h)
+        for p in inner:
+            p.retain_grad()
+        outs.append(out)
+        probes.append(inner)
+    outputs = ops.concat(outs, axis=axis)
+    loss = loss_fn(outputs) if ys is None else loss_fn(outputs, ys)
+    params = _leaves_below(loss)
+    saved = [(p, p.grad) for p in params]  # a diagnostic must not disturb training
+    for p in params:
+        p.grad = None
+    try:
+        loss.backward()
+        return np.array([np.sqrt(sum(float(np.sum(np.square(p.grad))) for p in inner
+                                     if p.grad is not None)) for inner in probes])
+    finally:
+        for p, g in saved:
+            p.grad = g
+
+
+_REARRANGING = ("stack", "concat", "reshape")
+
+
+def _sources(t: Tensor) -> list[Tensor]:
+    """The tensors that `t` merely re-arranges (through stack/concat/reshape), else [t]."""
+    n = t._node
+    if n is None or n.op is None or n.op.name not in _REARRANGING:
+        return [t]
+    return [s for inp in n.inputs if inp.requires_grad for s in _sources(inp)]
+
+
+def _leaves_below(root: Tensor) -> list[Tensor]:
+    """The leaves that requires grad in the graph of `root` (their .grad will be touched)."""
+    leaves, seen, stack = [], set(), [root._node] if root._node is not None else []
+    while stack:
+        n = stack.pop()
+        for t in n.inputs:
+            if t._node is None:
+                if t.requires_grad and id(t) not in seen:
+                    seen.add(id(t))
+                    leaves.append(t)
+            elif t._node not in seen:
+                seen.add(t._node)
+                stack.append(t._node)
+    return leaves
+
+
+def plot_gradient_flow(norms: Mapping[str, Any], path: str | os.PathLike[str],
+                       title: str = "Gradient flow: ||dL/dh_t||") -> str:
+    """Write a PNG at `path` with one curve per label (log-scale y axis); returns the path.
+    Needs matplotlib: `pip install "tinygrad_rnn[plot]"`."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError('plot_gradient_flow needs matplotlib, which is the optional "plot" '
+                          'extra: pip install "tinygrad_rnn[plot]"') from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    try:
+        for label, values in norms.items():
+            v = np.asarray(values, dtype=float)
+            ax.plot(np.arange(1, len(v) + 1), np.where(v > 0, v, np.nan), label=str(label))
+        ax.set_yscale("log")
+        ax.set_xlabel("time step t")
+        ax.set_ylabel("||dL/dh_t||")
+        ax.set_title(title)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.fspath(path), format="png")
+    finally:
+        plt.close(fig)
+    return os.fspath(path)
