@@ -51,18 +51,26 @@ class Checkpoint(Primitive):
     @staticmethod
     def backward(gs, saved, needs):
         fn, call, arrays, rng_state, _, _ = saved
-        args = call.rebuild(arrays, needs)
+        leaves = call.rebuild(arrays, needs, originals=True)
         current = random.get_state()
         random.set_state(rng_state)  # dropout inside fn must draw the same masks again
         try:
             since = current_seq()
             with enable_grad():
+                args = list(leaves)
+                for i, nonleaf, need in zip(call.tensor_pos, call.nonleaf, needs):
+                    if nonleaf and need and leaves[i]._node is None:
+                        # an identity record, so that this argument's gradient contributions
+                        # are summed in record order, exactly as in the run without checkpoint
+                        args[i] = leaves[i].reshape(leaves[i].shape)
                 flat: list[Tensor] = []
                 _flatten(fn(*args), flat)
         finally:
             random.set_state(current)
         run_backward(flat, list(gs), since=since)
-        return tuple(args[i].grad if need else None for i, need in zip(call.tensor_pos, needs))
+        # leaf arguments were replayed as themselves: their gradients are in place already
+        return tuple(leaves[i].grad if need and nonleaf else None
+                     for i, need, nonleaf in zip(call.tensor_pos, needs, call.nonleaf))
 
 
 class _Call:
@@ -73,11 +81,21 @@ class _Call:
         self.consts = {i: a for i, a in enumerate(args) if not isinstance(a, Tensor)}
         self.n_args = len(args)
         self.needs = tuple(args[i]._requires_grad for i in self.tensor_pos)
+        self.nonleaf = tuple(args[i]._node is not None for i in self.tensor_pos)
+        # leaf arguments (e.g. parameters passed explicitly) are reused as they are on backward,
+        # so that their gradients accumulate exactly as without checkpoint
+        self.originals = {i: args[i] for i, nonleaf in zip(self.tensor_pos, self.nonleaf)
+                          if not nonleaf and args[i]._requires_grad}
 
-    def rebuild(self, arrays: tuple[np.ndarray, ...], needs: Any) -> list[Any]:
-        """fn's argument list: fresh leaves for the Tensor arguments, the others as given."""
+    def rebuild(self, arrays: tuple[np.ndarray, ...], needs: Any,
+                originals: bool = False) -> list[Any]:
+        """fn's argument list: fresh leaves for the Tensor arguments (or, with `originals`, the
+        caller's own leaf tensors where they need grad), the others as given."""
         args: list[Any] = [None] * self.n_args
         for a, need, i in zip(arrays, needs, self.tensor_pos):
+            if originals and need and i in self.originals:
+                args[i] = self.originals[i]
+                continue
             t = Tensor._from_op(a, None)
             t._requires_grad = bool(need)
             args[i] = t

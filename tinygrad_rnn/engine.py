@@ -202,9 +202,60 @@ def current_seq() -> int:
     return next(_seq)
 
 
-def _accumulate(t: Tensor, g: np.ndarray) -> None:
-    """Add gradient `g` (already of t's shape and dtype) to wherever t's gradient lives."""
+class Deferred:
+    """A gradient contribution a.T @ b (a (N, p), b (N, q)) that is not computed yet.
+
+    Weight gradients of `linear`/`matmul` take this form once per time step. Contributions to
+    the same leaf are gathered during the replay and summed at its end in ONE matrix product
+    over all steps (concatenated in arrival order), instead of T small products and additions."""
+
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: np.ndarray, b: np.ndarray) -> None:
+        self.a, self.b = a, b
+
+    def value(self) -> np.ndarray:
+        return self.a.T @ self.b
+
+
+class _ReplayState(threading.local):
+    """Per-thread state shared by nested replays (a checkpoint replays inside a replay)."""
+
+    depth = 0
+    deferred: dict[int, tuple[Tensor, list[np.ndarray], list[np.ndarray]]]
+
+    def __init__(self) -> None:
+        self.deferred = {}
+
+
+_Replay = _ReplayState()
+
+
+def _flush_deferred() -> None:
+    pending, _Replay.deferred = _Replay.deferred, {}
+    for t, aa, bb in pending.values():
+        a = aa[0] if len(aa) == 1 else np.concatenate(aa)
+        b = bb[0] if len(bb) == 1 else np.concatenate(bb)
+        g = a.T @ b
+        if t.grad is None:
+            t.grad = g
+        else:
+            np.add(t.grad, g, out=t.grad)
+
+
+def _accumulate(t: Tensor, g: Any) -> None:
+    """Add gradient `g` (of t's shape and dtype, or Deferred) to wherever t's gradient lives."""
     m = t._node
+    if type(g) is Deferred:
+        if m is None and g.a.dtype == g.b.dtype == t.data.dtype:
+            entry = _Replay.deferred.get(id(t))
+            if entry is None:
+                _Replay.deferred[id(t)] = (t, [g.a], [g.b])
+            else:
+                entry[1].append(g.a)
+                entry[2].append(g.b)
+            return
+        g = g.value().astype(t.data.dtype, copy=False)
     if m is None:  # a leaf: .grad is ours, so accumulate in place
         if t.grad is None:
             t.grad = np.array(g, dtype=t.data.dtype, copy=True)
@@ -265,49 +316,76 @@ def run_backward(roots: list[Tensor], grads: list[np.ndarray | None], retain_gra
     Only records made at or after sequence number `since` may be replayed (see `checkpoint`)."""
     pairs = [(t, g) for t, g in zip(roots, grads) if g is not None and t._requires_grad]
     nodes = _collect([t._node for t, _ in pairs if t._node is not None], since)
-    for t, g in pairs:  # seeded only now: a failed _collect must leave nothing behind
-        _accumulate(t, g)
-    anomaly = mode.anomaly
+    _Replay.depth += 1
+    ok = False
     try:
-        for n in nodes:
-            g = n.grad
-            if n.nout is None:
-                n.grad = None
-                if type(g) is _Pending:
-                    g = g.total()
+        for t, g in pairs:  # seeded only now: a failed _collect must leave nothing behind
+            _accumulate(t, g)
+        _replay(nodes, retain_graph)
+        ok = True
+    finally:
+        _Replay.depth -= 1
+        if _Replay.depth == 0:
+            if ok:
+                _flush_deferred()
             else:
-                n.grad = [None] * n.nout
-                g = [x.total() if type(x) is _Pending else x for x in g]
-            if n.retained is not None:
-                _store_retained(n, g)
-            op = n.op
-            if g is None or (n.nout is not None and all(x is None for x in g)):
-                if not retain_graph:
-                    n.free()
-                continue
+                _Replay.deferred = {}
+        if not ok:  # leave no half-accumulated gradients behind
+            for n in nodes:
+                if n.op is not None:
+                    n.grad = None if n.nout is None else [None] * n.nout
+
+
+def _replay(nodes: list[Node], retain_graph: bool) -> None:
+    """The hot loop of backward: one iteration per record, latest first."""
+    anomaly = mode.anomaly
+    deferred = Deferred
+    for n in nodes:
+        g = n.grad
+        if n.nout is None:
+            n.grad = None
+            if type(g) is _Pending:
+                g = g.total()
+        else:
+            n.grad = [None] * n.nout
+            g = [x.total() if type(x) is _Pending else x for x in g]
+            if all(x is None for x in g):
+                g = None
+        if n.retained is not None:
+            _store_retained(n, g)
+        op = n.op
+        if g is not None:
             grads_in = op.backward(g, n.saved, n.needs)  # type: ignore[union-attr]
             if anomaly:
                 check_finite(op.name, "gradient",  # type: ignore[union-attr]
-                             [x for x in grads_in if x is not None], n.where)
+                             [x.value() if type(x) is deferred else x
+                              for x in grads_in if x is not None], n.where)
             for t, gi, need in zip(n.inputs, grads_in, n.needs):
                 if need and gi is not None:
-                    d = t.data
-                    if gi.shape != d.shape:
-                        gi = unbroadcast(gi, d.shape, op.name)  # type: ignore[union-attr]
-                    if gi.dtype != d.dtype:
-                        gi = gi.astype(d.dtype)
-                    _accumulate(t, gi)
-            if not retain_graph:
-                n.free()
-    finally:
-        for n in nodes:  # after an error mid-way, leave no half-accumulated gradients behind
-            if n.op is not None:
-                n.grad = None if n.nout is None else [None] * n.nout
+                    if type(gi) is not deferred:
+                        d = t.data
+                        if gi.shape != d.shape:
+                            gi = unbroadcast(gi, d.shape, op.name)  # type: ignore[union-attr]
+                        if gi.dtype != d.dtype:
+                            gi = gi.astype(d.dtype)
+                    m = t._node
+                    if m is not None and m.nout is None and type(gi) is not deferred:
+                        cur = m.grad  # inlined _accumulate for the common case
+                        if cur is None:
+                            m.grad = gi
+                        elif type(cur) is _Pending:
+                            cur.append(gi)
+                        else:
+                            m.grad = _Pending((cur, gi))
+                    else:
+                        _accumulate(t, gi)
+        if not retain_graph:
+            n.op = n.inputs = n.saved = n.retained = None
 
 
 def _store_retained(n: Node, g: Any) -> None:
     for t in n.retained or ():
-        gi = g if n.nout is None else g[t._idx]
+        gi = g if n.nout is None or g is None else g[t._idx]
         if gi is None:
             gi = np.zeros_like(t.data)
         t.grad = np.array(gi, copy=True) if t.grad is None else t.grad + gi

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .engine import Deferred
 from .errors import DTypeError, ShapeError
 from .primitive import Primitive, register
 from .tensor import Axis, Tensor, _const
@@ -123,6 +124,8 @@ class MatMul(Primitive):
     @staticmethod
     def backward(g, saved, needs):
         a, b = saved
+        if a.ndim == 2 and b.ndim == 2:  # dA = G B^T, dB = A^T G (deferred: see Deferred)
+            return (g @ b.T if needs[0] else None), (Deferred(a, g) if needs[1] else None)
         if a.ndim == 1 and b.ndim == 1:  # dot product: g is a scalar
             return (g * b if needs[0] else None), (g * a if needs[1] else None)
         # promote 1-d operands to matrices so one formula covers every case
@@ -155,6 +158,48 @@ class MatMul(Primitive):
                              f"({k1} != {k2})")
         raise ShapeError(f"matmul: shapes {a.shape} and {b.shape}: batch dimensions "
                          f"{a.shape[:-2]} and {b.shape[:-2]} cannot be broadcast together")
+
+
+@register
+class Linear(Primitive):
+    """x @ w.T (+ b): PyTorch's addmm. One record instead of transpose, matmul and add, and its
+    weight gradient joins the single end-of-backward product (see engine.Deferred)."""
+
+    name = "linear"
+
+    @staticmethod
+    def forward(x, w, b=None):
+        y = x @ w.T
+        if b is not None:
+            if b.dtype == y.dtype and b.shape == y.shape[y.ndim - b.ndim:]:
+                y += b  # y is fresh, so adding in place is safe
+            else:
+                y = y + b
+        return y, (x, w)
+
+    @staticmethod
+    def backward(g, saved, needs):  # dx = G W, dW = G^T X, db = G (summed by the engine)
+        x, w = saved
+        gx = g @ w if needs[0] else None
+        gw = None
+        if needs[1]:
+            if x.ndim == 1:
+                gw = np.outer(g, x)
+            else:
+                n = x.shape[-1]
+                gw = Deferred(g.reshape(-1, w.shape[0]), x.reshape(-1, n))
+        if len(needs) == 2:
+            return gx, gw
+        return gx, gw, (g if needs[2] else None)
+
+    @classmethod
+    def check(cls, x, w, b=None):
+        if w.ndim != 2 or x.ndim == 0 or x.shape[-1] != w.shape[1]:
+            raise ShapeError(f"linear: x {x.shape} and weight {w.shape} do not fit: expected x "
+                             f"(..., in) and weight (out, in) with the same 'in'")
+        if b is not None:
+            raise ShapeError(f"linear: bias {b.shape} cannot be broadcast to the output shape "
+                             f"{x.shape[:-1] + (w.shape[0],)}")
 
 
 # ----------------------------------------------------------------------------- elementwise
@@ -498,8 +543,13 @@ class Split(Primitive):
 
     @staticmethod
     def forward(x, sizes, axis):
-        return tuple(np.split(x, np.cumsum(sizes[:-1]), axis=axis)), (x.dtype, sizes, axis,
-                                                                       x.shape)
+        index = [slice(None)] * x.ndim
+        outs, start = [], 0
+        for n in sizes:
+            index[axis] = slice(start, start + n)
+            outs.append(x[tuple(index)])
+            start += n
+        return outs, (x.dtype, sizes, axis, x.shape)
 
     @staticmethod
     def backward(gs, saved, needs):  # pieces that got no gradient contribute zeros
@@ -525,7 +575,7 @@ class Unbind(Primitive):
 
     @staticmethod
     def forward(x, axis):
-        return tuple(np.moveaxis(x, axis, 0)), (x.dtype, x.shape, axis)
+        return list(x if axis == 0 else np.moveaxis(x, axis, 0)), (x.dtype, x.shape, axis)
 
     @staticmethod
     def backward(gs, saved, needs):  # stack the slices' gradients; unused slices give zeros
@@ -573,6 +623,16 @@ def abs(x: Any) -> Tensor:  # noqa: A001 - mirrors np.abs / torch.abs
 
 def matmul(a: Any, b: Any) -> Tensor:
     return _t(a) @ b
+
+
+def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
+    """x @ weight.T + bias as one record (PyTorch's addmm). `bias` may be any array that broadcasts
+    to the output (..., out), e.g. a per-step input projection inside a recurrent cell."""
+    x = _t(x)
+    w = weight if isinstance(weight, Tensor) else _const(weight, x)
+    if bias is None:
+        return Linear.apply(x, w)
+    return Linear.apply(x, w, bias if isinstance(bias, Tensor) else _const(bias, x))
 
 
 def pow(x: Any, p: Any) -> Tensor:  # noqa: A001

@@ -52,24 +52,28 @@ class Primitive:
     @classmethod
     def apply(cls, *inputs: Tensor, **params: Any) -> Any:
         """Run forward on the inputs' data and, if any input requires grad, record a Node."""
-        arrays = [t.data for t in inputs]
         try:
-            out, saved = cls.forward(*arrays, **params)
+            out, saved = cls.forward(*[t.data for t in inputs], **params)
         except (ValueError, IndexError) as e:
             if isinstance(e, ShapeError):
                 raise
+            arrays = [t.data for t in inputs]
             cls.check(*arrays, **params)
             shapes = ", ".join(str(a.shape) for a in arrays)
             raise ShapeError(f"{cls.name}: {e} (input shapes {shapes})") from None
-        needs = tuple([t._requires_grad for t in inputs])
-        node = Node(cls, inputs, saved, needs, None if cls.nout == 1 else len(out)) \
-            if mode.grad and True in needs else None
+        node = None
+        if mode.grad:
+            for t in inputs:
+                if t._requires_grad:
+                    node = Node(cls, inputs, saved, tuple([t._requires_grad for t in inputs]),
+                                None if cls.nout == 1 else len(out))
+                    break
         if mode.anomaly:
             where = node.where if node is not None else user_source_line()
             check_finite(cls.name, "output", list(out) if cls.nout is None else [out], where)
         if cls.nout == 1:
             return Tensor._from_op(out, node)
-        outs = tuple(Tensor._from_op(o, node) for o in out)
+        outs = tuple([Tensor._from_op(o, node) for o in out])
         if node is not None:
             for i, t in enumerate(outs):
                 t._idx = i

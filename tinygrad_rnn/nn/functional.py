@@ -115,14 +115,12 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
     if weight.ndim != 2 or x.ndim == 0 or x.shape[-1] != weight.shape[1]:
         raise ShapeError(f"linear: expected x (..., in) and weight (out, in) with matching "
                          f"'in', got x {x.shape} and weight {weight.shape}")
-    y = x @ weight.T
     if bias is not None:
         bias = _operand(bias, x, "linear", "bias")
         if bias.shape != (weight.shape[0],):
             raise ShapeError(f"linear: expected bias of shape ({weight.shape[0]},) for weight "
                              f"{weight.shape}, got {bias.shape}")
-        y = y + bias
-    return y
+    return ops.linear(x, weight, bias)
 
 
 # ----------------------------------------------------------------------------- losses

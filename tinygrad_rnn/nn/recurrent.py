@@ -150,16 +150,15 @@ class _CellBase(Module):
         if xs.shape[-1] != self.input_size:
             raise ShapeError(f"{type(self).__name__}: expected inputs with {self.input_size} "
                              f"features, got shape {xs.shape}")
-        out = xs @ self.weight_ih.T
-        if self.bias_ih is not None:
-            out = out + self._projected_bias()
-        return out
+        return ops.linear(xs, self.weight_ih,
+                          None if self.bias_ih is None else self._projected_bias())
 
     def _projected_bias(self) -> Tensor:
         return self.bias_ih + self.bias_hh  # both biases add before any nonlinearity
 
-    def _recurrent(self, h: Tensor) -> Tensor:
-        return h @ self.weight_hh.T
+    def _recurrent(self, h: Tensor, xp: Tensor | None = None) -> Tensor:
+        """h W_hh^T (+ xp), one record."""
+        return ops.linear(h, self.weight_hh, xp)
 
     def forward(self, x: Any, state: State = None) -> State:
         """One step, PyTorch's cell signature: returns the new state (h, or (h, c) for LSTM)."""
@@ -183,7 +182,7 @@ class RNNCell(_CellBase):
 
     def step(self, xp: Tensor, state: State) -> tuple[Tensor, State]:
         h = self._zeros(xp) if state is None else self._check_state(state, xp)
-        a = xp + self._recurrent(h)
+        a = self._recurrent(h, xp)
         h = a.tanh() if self.nonlinearity == "tanh" else a.relu()
         return h, h
 
@@ -198,9 +197,10 @@ class LSTMCell(_CellBase):
             h = c = self._zeros(xp)
         else:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
-                raise ShapeError("LSTMCell: the state must be a tuple (h, c)")
+                raise ShapeError(f"LSTMCell: the state must be a tuple (h, c), got "
+                                 f"{_describe(state)}")
             h, c = self._check_state(state[0], xp), self._check_state(state[1], xp)
-        i, f, g, o = ops.chunk(xp + self._recurrent(h), 4, axis=-1)
+        i, f, g, o = ops.chunk(self._recurrent(h, xp), 4, axis=-1)
         c = f.sigmoid() * c + i.sigmoid() * g.tanh()
         h = o.sigmoid() * c.tanh()
         return h, (h, c)
@@ -214,9 +214,8 @@ class GRUCell(_CellBase):
     def _projected_bias(self) -> Tensor:
         return self.bias_ih  # b_hn sits inside r * (...), so b_hh stays in the recurrent part
 
-    def _recurrent(self, h: Tensor) -> Tensor:
-        out = h @ self.weight_hh.T
-        return out if self.bias_hh is None else out + self.bias_hh
+    def _recurrent(self, h: Tensor, xp: Tensor | None = None) -> Tensor:
+        return ops.linear(h, self.weight_hh, self.bias_hh)
 
     def step(self, xp: Tensor, state: State) -> tuple[Tensor, State]:
         h = self._zeros(xp) if state is None else self._check_state(state, xp)
@@ -285,6 +284,15 @@ class _RNNBase(Module):
             raise ShapeError(f"{name}: expected input of shape {layout}, {self.input_size}) or "
                              f"(T, {self.input_size}), got {x.shape}")
 
+    def _check_unbatched_state(self, state: Any) -> None:
+        want = (len(self._cells), self.hidden_size)
+        parts = state if isinstance(state, (tuple, list)) else (state,)
+        for s in parts:
+            if np.shape(s.data if isinstance(s, Tensor) else s) != want:
+                raise ShapeError(f"{type(self).__name__}: expected a state of shape {want}, got "
+                                 f"{np.shape(s.data if isinstance(s, Tensor) else s)} (unbatched "
+                                 f"input (T, {self.input_size}))")
+
     def _split_state(self, state: Any, batch: int, dtype: Any) -> list[Any]:
         """The user's (L*D, B, H) state(s) as one initial state per (layer, direction)."""
         n = len(self._cells)
@@ -294,7 +302,8 @@ class _RNNBase(Module):
             return [None] * n
         parts = state if is_lstm else (state,)
         if is_lstm and (not isinstance(state, (tuple, list)) or len(state) != 2):
-            raise ShapeError(f"{type(self).__name__}: the state must be a tuple (h_0, c_0)")
+            raise ShapeError(f"{type(self).__name__}: the state must be a tuple (h_0, c_0), got "
+                             f"{_describe(state)}")
         per = []
         for s in parts:
             s = s if isinstance(s, Tensor) else Tensor(np.asarray(s, dtype=dtype))
@@ -312,7 +321,9 @@ class _RNNBase(Module):
         unbatched = x.ndim == 2
         if unbatched:
             x = x.unsqueeze(1)
-            state = None if state is None else _unsqueeze(state)
+            if state is not None:
+                self._check_unbatched_state(state)
+                state = _unsqueeze(state)
         elif self.batch_first:
             x = ops.swapaxes(x, 0, 1)
         init = self._split_state(state, x.shape[1], x.dtype)
@@ -338,6 +349,13 @@ class _RNNBase(Module):
         if unbatched:
             return x.squeeze(1), _squeeze(final)
         return (ops.swapaxes(x, 0, 1) if self.batch_first else x), final
+
+
+def _describe(state: Any) -> str:
+    if isinstance(state, (tuple, list)):
+        return f"{type(state).__name__} of length {len(state)}"
+    return f"{type(state).__name__}" + (f" of shape {state.shape}" if hasattr(state, "shape")
+                                        else "")
 
 
 def _unsqueeze(state: Any) -> Any:
