@@ -7,7 +7,9 @@ from typing import Any, Callable
 import numpy as np
 
 from . import ops, random
-from .engine import Node, current_seq, enable_grad, mode, run_backward
+from .engine import (
+    ANOMALY, GRAD, Node, current_seq, enable_grad, get_mode, run_backward, user_source_line,
+)
 from .primitive import Primitive, register
 from .tensor import Tensor
 
@@ -114,8 +116,9 @@ def checkpoint(fn: Callable[..., Any], *args: Any) -> Any:
     call = _Call(args)
     inputs = tuple(args[i] for i in call.tensor_pos)
     outs, saved = Checkpoint.forward(*(t.data for t in inputs), fn=fn, call=call)
-    node = Node(Checkpoint, inputs, saved, call.needs, len(outs)) \
-        if mode.grad and saved[5] else None
+    m = get_mode()
+    node = Node(Checkpoint, inputs, saved, call.needs, len(outs),
+                user_source_line() if m & ANOMALY else None) if m & GRAD and saved[5] else None
     tensors = [Tensor._from_op(o, node) for o in outs]
     for i, t in enumerate(tensors):
         t._idx = i

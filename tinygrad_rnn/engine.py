@@ -11,6 +11,7 @@ it. Un-broadcasting of gradients happens here, once, for every primitive.
 from __future__ import annotations
 
 import itertools
+from contextvars import ContextVar, Token
 import os
 import sys
 import threading
@@ -27,14 +28,11 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class _Mode(threading.local):
-    """Per-thread switches, like PyTorch's: recording on/off and anomaly detection."""
-
-    grad: bool = True
-    anomaly: bool = False
-
-
-mode = _Mode()
+# Recording mode, per thread and per asyncio task (as PyTorch's grad mode is per thread): a
+# ContextVar read costs ~50 ns, a third of a threading.local attribute, and it is read per op.
+GRAD, ANOMALY = 1, 2
+_MODE: ContextVar[int] = ContextVar("tinygrad_rnn_mode", default=GRAD)
+get_mode = _MODE.get
 _seq = itertools.count()
 
 
@@ -44,7 +42,8 @@ class Node:
     __slots__ = ("op", "inputs", "saved", "needs", "seq", "grad", "nout", "where", "retained")
 
     def __init__(self, op: type[Primitive], inputs: tuple[Tensor, ...], saved: Any,
-                 needs: tuple[bool, ...], nout: int | None = None) -> None:
+                 needs: tuple[bool, ...], nout: int | None = None, where: str | None = None,
+                 ) -> None:
         self.op: type[Primitive] | None = op  # None once the record has been freed
         self.inputs = inputs
         self.saved = saved
@@ -52,7 +51,7 @@ class Node:
         self.seq = next(_seq)
         self.nout = nout  # None: one output; an int: a multi-output op (grad is a list)
         self.grad: Any = None if nout is None else [None] * nout
-        self.where: str | None = user_source_line() if mode.anomaly else None
+        self.where = where  # the user's source line, recorded under detect_anomaly
         self.retained: list[Tensor] | None = None
 
     def free(self) -> None:
@@ -60,7 +59,24 @@ class Node:
 
 
 # ----------------------------------------------------------------------------- grad mode
-class no_grad:
+class _ModeSwitch:
+    """Sets mode bits on enter and restores the previous mode on exit (nests, reentrant)."""
+
+    def __init__(self) -> None:
+        self._tokens: list[Token[int]] = []
+
+    def _new_mode(self, m: int) -> int:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        self._tokens.append(_MODE.set(self._new_mode(_MODE.get())))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _MODE.reset(self._tokens.pop())
+
+
+class no_grad(_ModeSwitch):
     """Context manager and decorator: operations inside record nothing (results need no grad).
 
     Nests, restores the previous mode on exceptions, and works as `@no_grad()` or `@no_grad`.
@@ -68,18 +84,14 @@ class no_grad:
 
     def __new__(cls, func: F | None = None) -> Any:
         self = super().__new__(cls)
-        self._prev = []
+        _ModeSwitch.__init__(self)
         return self(func) if func is not None else self
 
     def __init__(self, func: Callable[..., Any] | None = None) -> None:
-        self._prev: list[bool]
+        pass
 
-    def __enter__(self) -> None:
-        self._prev.append(mode.grad)
-        mode.grad = False
-
-    def __exit__(self, *exc: object) -> None:
-        mode.grad = self._prev.pop()
+    def _new_mode(self, m: int) -> int:
+        return m & ~GRAD
 
     def __call__(self, func: F) -> F:
         import functools
@@ -95,26 +107,20 @@ class no_grad:
 class enable_grad(no_grad):
     """Switches recording back on inside a `no_grad` block."""
 
-    def __enter__(self) -> None:
-        self._prev.append(mode.grad)
-        mode.grad = True
+    def _new_mode(self, m: int) -> int:
+        return m | GRAD
 
 
 def is_grad_enabled() -> bool:
-    return mode.grad
+    return bool(_MODE.get() & GRAD)
 
 
-class detect_anomaly:
+class detect_anomaly(_ModeSwitch):
     """Context manager: raise `AnomalyError` at the first NaN/Inf in a forward value or gradient,
     naming the operation, the shapes and the user source line that recorded it. Slow; debug only."""
 
-    def __enter__(self) -> detect_anomaly:
-        self._prev = mode.anomaly
-        mode.anomaly = True
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        mode.anomaly = self._prev
+    def _new_mode(self, m: int) -> int:
+        return m | ANOMALY
 
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -338,21 +344,23 @@ def run_backward(roots: list[Tensor], grads: list[np.ndarray | None], retain_gra
 
 def _replay(nodes: list[Node], retain_graph: bool) -> None:
     """The hot loop of backward: one iteration per record, latest first."""
-    anomaly = mode.anomaly
-    deferred = Deferred
+    anomaly = get_mode() & ANOMALY
+    deferred, pending = Deferred, _Pending
     for n in nodes:
         g = n.grad
         if n.nout is None:
             n.grad = None
-            if type(g) is _Pending:
+            if type(g) is pending:
                 g = g.total()
         else:
             n.grad = [None] * n.nout
-            g = [x.total() if type(x) is _Pending else x for x in g]
+            g = [x.total() if type(x) is pending else x for x in g]
             if all(x is None for x in g):
                 g = None
         if n.retained is not None:
             _store_retained(n, g)
+            if not retain_graph:
+                n.retained = None
         op = n.op
         if g is not None:
             grads_in = op.backward(g, n.saved, n.needs)  # type: ignore[union-attr]
@@ -361,26 +369,29 @@ def _replay(nodes: list[Node], retain_graph: bool) -> None:
                              [x.value() if type(x) is deferred else x
                               for x in grads_in if x is not None], n.where)
             for t, gi, need in zip(n.inputs, grads_in, n.needs):
-                if need and gi is not None:
-                    if type(gi) is not deferred:
-                        d = t.data
-                        if gi.shape != d.shape:
-                            gi = unbroadcast(gi, d.shape, op.name)  # type: ignore[union-attr]
-                        if gi.dtype != d.dtype:
-                            gi = gi.astype(d.dtype)
-                    m = t._node
-                    if m is not None and m.nout is None and type(gi) is not deferred:
-                        cur = m.grad  # inlined _accumulate for the common case
-                        if cur is None:
-                            m.grad = gi
-                        elif type(cur) is _Pending:
-                            cur.append(gi)
-                        else:
-                            m.grad = _Pending((cur, gi))
-                    else:
-                        _accumulate(t, gi)
+                if not need or gi is None:
+                    continue
+                if type(gi) is deferred:
+                    _accumulate(t, gi)
+                    continue
+                d = t.data
+                if gi.shape != d.shape:
+                    gi = unbroadcast(gi, d.shape, op.name)  # type: ignore[union-attr]
+                if gi.dtype is not d.dtype and gi.dtype != d.dtype:
+                    gi = gi.astype(d.dtype)
+                m = t._node
+                if m is None or m.nout is not None:
+                    _accumulate(t, gi)
+                    continue
+                cur = m.grad  # the common case of _accumulate, inlined
+                if cur is None:
+                    m.grad = gi
+                elif type(cur) is pending:
+                    cur.append(gi)
+                else:
+                    m.grad = pending((cur, gi))
         if not retain_graph:
-            n.op = n.inputs = n.saved = n.retained = None
+            n.op = n.inputs = n.saved = None
 
 
 def _store_retained(n: Node, g: Any) -> None:

@@ -241,11 +241,17 @@ class Tanh(Primitive):
 
     @staticmethod
     def backward(g, y, needs):  # d tanh(x) = 1 - y^2
-        return (g * (1 - y * y),)
+        if y.ndim == 0:
+            return (g * (1 - y * y),)
+        d = y * y
+        np.subtract(1, d, out=d)
+        d *= g
+        return (d,)
 
 
-# exp(-x) overflows below these; clamping there changes sigmoid by less than the smallest normal
-_SIGMOID_LO = {np.dtype(np.float16): -11.0, np.dtype(np.float32): -88.0}
+# exp(-x) overflows for x below these; clamping there changes sigmoid by less than the smallest
+# normal number, and avoids overflow warnings
+_SIGMOID_HI = {np.dtype(np.float16): 11.0, np.dtype(np.float32): 88.0}
 
 
 @register
@@ -254,17 +260,22 @@ class Sigmoid(Primitive):
 
     @staticmethod
     def forward(x):
-        y = np.empty(x.shape, dtype=x.dtype if x.dtype.kind == "f" else np.float64)
-        np.maximum(x, _SIGMOID_LO.get(x.dtype, -708.0), out=y)  # no overflow warning, no NaN
-        np.negative(y, out=y)
+        if x.ndim == 0 or x.dtype.kind != "f":  # ufuncs return scalars for 0-d: no out= there
+            y, _ = Sigmoid.forward(np.asarray(x, dtype=np.result_type(x, np.float16))[None])
+            return y[0], y[0]
+        y = np.negative(x)
+        np.minimum(y, _SIGMOID_HI.get(x.dtype, 708.0), out=y)
         np.exp(y, out=y)
         y += 1
-        np.reciprocal(y, out=y)
+        np.reciprocal(y, out=y)  # 1 / (1 + exp(-x)): accurate in both tails
         return y, y
 
     @staticmethod
     def backward(g, y, needs):  # d sigmoid(x) = y (1 - y)
-        return (g * (y * (1 - y)),)
+        d = 1 - y
+        d *= y
+        d *= g
+        return (d,)
 
 
 @register

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .engine import Node, check_finite, mode, user_source_line
+from .engine import ANOMALY, GRAD, Node, check_finite, get_mode, user_source_line
 from .errors import ShapeError
 from .tensor import Tensor
 
@@ -52,8 +52,19 @@ class Primitive:
     @classmethod
     def apply(cls, *inputs: Tensor, **params: Any) -> Any:
         """Run forward on the inputs' data and, if any input requires grad, record a Node."""
-        try:
-            out, saved = cls.forward(*[t.data for t in inputs], **params)
+        n = len(inputs)
+        try:  # the arity is spelled out: a comprehension here costs as much as the numpy call
+            if n == 2:
+                a, b = inputs
+                out, saved = cls.forward(a.data, b.data, **params)
+                needs = (a._requires_grad, b._requires_grad)
+            elif n == 1:
+                a = inputs[0]
+                out, saved = cls.forward(a.data, **params)
+                needs = (a._requires_grad,)
+            else:
+                out, saved = cls.forward(*[t.data for t in inputs], **params)
+                needs = tuple([t._requires_grad for t in inputs])
         except (ValueError, IndexError) as e:
             if isinstance(e, ShapeError):
                 raise
@@ -61,14 +72,11 @@ class Primitive:
             cls.check(*arrays, **params)
             shapes = ", ".join(str(a.shape) for a in arrays)
             raise ShapeError(f"{cls.name}: {e} (input shapes {shapes})") from None
-        node = None
-        if mode.grad:
-            for t in inputs:
-                if t._requires_grad:
-                    node = Node(cls, inputs, saved, tuple([t._requires_grad for t in inputs]),
-                                None if cls.nout == 1 else len(out))
-                    break
-        if mode.anomaly:
+        m = get_mode()
+        node = Node(cls, inputs, saved, needs, None if cls.nout == 1 else len(out),
+                    user_source_line() if m & ANOMALY else None) \
+            if m & GRAD and True in needs else None
+        if m & ANOMALY:
             where = node.where if node is not None else user_source_line()
             check_finite(cls.name, "output", list(out) if cls.nout is None else [out], where)
         if cls.nout == 1:

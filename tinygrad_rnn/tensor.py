@@ -176,31 +176,31 @@ class Tensor:
 
     # ------------------------------------------------------------------ arithmetic
     def __add__(self, other: Any) -> Tensor:
-        return Add.apply(self, _const(other, self))
+        return Add.apply(self, other if isinstance(other, Tensor) else _const(other, self))
 
     def __radd__(self, other: Any) -> Tensor:
         return Add.apply(_const(other, self), self)
 
     def __sub__(self, other: Any) -> Tensor:
-        return Sub.apply(self, _const(other, self))
+        return Sub.apply(self, other if isinstance(other, Tensor) else _const(other, self))
 
     def __rsub__(self, other: Any) -> Tensor:
         return Sub.apply(_const(other, self), self)
 
     def __mul__(self, other: Any) -> Tensor:
-        return Mul.apply(self, _const(other, self))
+        return Mul.apply(self, other if isinstance(other, Tensor) else _const(other, self))
 
     def __rmul__(self, other: Any) -> Tensor:
         return Mul.apply(_const(other, self), self)
 
     def __truediv__(self, other: Any) -> Tensor:
-        return Div.apply(self, _const(other, self))
+        return Div.apply(self, other if isinstance(other, Tensor) else _const(other, self))
 
     def __rtruediv__(self, other: Any) -> Tensor:
         return Div.apply(_const(other, self), self)
 
     def __matmul__(self, other: Any) -> Tensor:
-        return MatMul.apply(self, _const(other, self))
+        return MatMul.apply(self, other if isinstance(other, Tensor) else _const(other, self))
 
     def __rmatmul__(self, other: Any) -> Tensor:
         return MatMul.apply(_const(other, self), self)
