@@ -146,11 +146,15 @@ def test_concurrent_backward_in_threads_gives_each_graph_its_own_gradients() -> 
     wrong: list[str] = []
 
     def worker(seed: int) -> None:
-        for _ in range(4):
-            g = run(seed)
-            if g is None or not np.allclose(g, alone[seed], rtol=1e-10, atol=1e-12):
-                wrong.append(f"thread {seed}: " + ("grad is None" if g is None else
-                                                   f"max error {np.abs(g - alone[seed]).max()}"))
+        try:
+            for _ in range(4):
+                g = run(seed)
+                if g is None or not np.allclose(g, alone[seed], rtol=1e-10, atol=1e-12):
+                    wrong.append(f"thread {seed}: " + (
+                        "grad is None" if g is None
+                        else f"max error {np.abs(g - alone[seed]).max()}"))
+        except Exception as e:  # an exception in a thread would otherwise pass unnoticed
+            wrong.append(f"thread {seed}: {type(e).__name__}: {e}")
 
     threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(3)]
     interval = sys.getswitchinterval()
@@ -162,11 +166,14 @@ def test_concurrent_backward_in_threads_gives_each_graph_its_own_gradients() -> 
             th.join(60)
     finally:
         sys.setswitchinterval(interval)
+    assert not any(th.is_alive() for th in threads), "a backward thread hung"
     assert not wrong, wrong
 
 
+@pytest.mark.parametrize("recorded", [False, True], ids=["leaf-W", "recorded-W"])
 @pytest.mark.parametrize("expr", ["h @ W", "W.T @ h.T", "tg.linear(h, W)"])
-def test_nested_replay_gives_every_checkpoint_argument_its_gradient(expr: str) -> None:
+def test_nested_replay_gives_every_checkpoint_argument_its_gradient(expr: str,
+                                                                    recorded: bool) -> None:
     # checkpoint replays its segment inside the outer backward; a weight passed as an argument
     # must get the same gradient as without checkpoint (API §4: "same gradients to the last bit")
     rng = np.random.default_rng(15)
@@ -179,7 +186,8 @@ def test_nested_replay_gives_every_checkpoint_argument_its_gradient(expr: str) -
     for use_checkpoint in (False, True):
         h = tg.Tensor(h_np, requires_grad=True)
         W = tg.Tensor(W_np, requires_grad=True)
-        y = tg.checkpoint(f, h, W) if use_checkpoint else f(h, W)
+        W_arg = W * 1.0 if recorded else W  # a recorded argument is rebuilt as a fresh leaf
+        y = tg.checkpoint(f, h, W_arg) if use_checkpoint else f(h, W_arg)
         if g is None:
             g = rng.standard_normal(y.shape)
         y.backward(g)
@@ -205,6 +213,27 @@ def test_leaf_grads_accumulate_across_backward_calls_until_zeroed() -> None:
     (a * b).backward(g)
     np.testing.assert_allclose(a.grad, g * b_np)
     np.testing.assert_allclose(b.grad, 3 * g * a_np)
+
+
+@pytest.mark.parametrize("w_dtype", [np.float64, np.float32])
+def test_matmul_weight_grads_accumulate_within_and_across_backward_calls(w_dtype: Any) -> None:
+    # a weight used by several matmuls and an elementwise op in one graph (as in an unrolled
+    # RNN), then a second backward: every contribution lands once, in the weight's dtype
+    rng = np.random.default_rng(16)
+    x1, x2 = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+    g = rng.standard_normal((2, 4))
+    W_np = rng.standard_normal((3, 4)).astype(w_dtype)
+    W = tg.Tensor(W_np, requires_grad=True)
+    X1 = tg.Tensor(x1, requires_grad=True)
+    for call in (1, 2):
+        y = X1 @ W + tg.Tensor(x2) @ W + W.sum(axis=0) * 2.0
+        assert y.dtype == np.float64
+        y.backward(g)
+        expected = call * (x1.T @ g + x2.T @ g + 2.0 * g.sum(axis=0))
+        assert W.grad.dtype == w_dtype and W.grad.shape == (3, 4)
+        tol = 1e-12 if w_dtype == np.float64 else 1e-5
+        np.testing.assert_allclose(W.grad, expected, rtol=tol, atol=tol)
+        np.testing.assert_allclose(X1.grad, call * g @ W_np.astype(np.float64).T, rtol=1e-12)
 
 
 def test_a_leaf_used_twice_gets_both_contributions() -> None:
@@ -644,6 +673,7 @@ CASES: dict[str, Case] = {
     "stack": Case(lambda a, b: tg.stack([a, b], axis=1), ((2, 3), (2, 3))),
     "split": Case(lambda a: tg.split(a, [1, 2], axis=1), ((2, 3),)),
     "unbind": Case(lambda a: tg.unbind(a, 1), ((2, 3),)),
+    "gates": Case(lambda a: tg.gates(a, ("sigmoid", "tanh", "relu", "identity")), ((2, 8),)),
     "checkpoint": Case(lambda a, b: tg.checkpoint(_checkpointed, a, b), ((2, 3), (3,))),
 }
 
@@ -1016,7 +1046,7 @@ def test_split_sizes_that_do_not_add_up_name_op_and_shape(sizes: list[int], axis
     assert msg.startswith("split:") and "(2, 3)" in msg and str(sizes) in msg
 
 
-# ============================================================================= 8. the Tensor surface
+# ============================================================================ 8. the Tensor surface
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 def test_a_numpy_float_array_keeps_its_dtype(dtype: Any) -> None:
     a = np.array([1.0, 2.0], dtype=dtype)

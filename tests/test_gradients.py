@@ -107,6 +107,30 @@ def _linear(x: Any, w: Any, b: Any = None) -> Any:
     return tg.linear(x, w) if b is None else tg.linear(x, w, b)
 
 
+GATE_ACTS = ("sigmoid", "tanh", "relu", "identity")
+
+
+@st.composite
+def gates_case(draw: Any) -> Case:
+    acts = tuple(draw(st.lists(st.sampled_from(GATE_ACTS), min_size=1, max_size=4)))
+    lead = draw(tst.shapes(min_dims=0, max_dims=2))
+    n = draw(st.integers(1, 3))
+    x = draw(tst.arrays(lead + (n * len(acts),), min_magnitude=0.1))  # away from relu's kink
+    used = tuple(draw(st.lists(st.booleans(), min_size=len(acts), max_size=len(acts))))
+    return Case((x,), {"acts": acts, "used": used if any(used) else (True,) * len(acts)})
+
+
+def _gates(x: Any, acts: tuple[str, ...], used: tuple[bool, ...]) -> Any:
+    if isinstance(x, np.ndarray):
+        k = x.shape[-1] // len(acts)
+        f = {"sigmoid": _np_sigmoid, "tanh": np.tanh, "relu": lambda v: np.maximum(v, 0.0),
+             "identity": lambda v: v}
+        outs = tuple(f[a](x[..., i * k:(i + 1) * k]) for i, a in enumerate(acts))
+    else:
+        outs = tg.gates(x, acts)
+    return tuple(o for o, u in zip(outs, used) if u)  # unused outputs get no gradient
+
+
 POW_EXPONENTS = [0, 1, 2, 3, -1, -2, 2.0, 0.5, 1.5, -0.5, 2.5]
 
 
@@ -405,6 +429,7 @@ SPECS: dict[str, Spec] = {
                   lambda *xs, axis: np.stack(xs, axis=axis)),
     "split": Spec(split_case(), _split, _split),
     "unbind": Spec(unbind_case(), _unbind, _unbind),
+    "gates": Spec(gates_case(), _gates, _gates),
     "checkpoint": Spec(checkpoint_case(), _checkpoint, _checkpoint),
 }
 

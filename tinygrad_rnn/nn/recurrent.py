@@ -200,9 +200,9 @@ class LSTMCell(_CellBase):
                 raise ShapeError(f"LSTMCell: the state must be a tuple (h, c), got "
                                  f"{_describe(state)}")
             h, c = self._check_state(state[0], xp), self._check_state(state[1], xp)
-        i, f, g, o = ops.chunk(self._recurrent(h, xp), 4, axis=-1)
-        c = f.sigmoid() * c + i.sigmoid() * g.tanh()
-        h = o.sigmoid() * c.tanh()
+        i, f, g, o = ops.gates(self._recurrent(h, xp), ("sigmoid", "sigmoid", "tanh", "sigmoid"))
+        c = f * c + i * g
+        h = o * c.tanh()
         return h, (h, c)
 
 
@@ -219,10 +219,10 @@ class GRUCell(_CellBase):
 
     def step(self, xp: Tensor, state: State) -> tuple[Tensor, State]:
         h = self._zeros(xp) if state is None else self._check_state(state, xp)
-        xr, xz, xn = ops.chunk(xp, 3, axis=-1)
-        hr, hz, hn = ops.chunk(self._recurrent(h), 3, axis=-1)
-        r = (xr + hr).sigmoid()
-        z = (xz + hz).sigmoid()
+        H = self.hidden_size
+        x_rz, xn = ops.split(xp, [2 * H, H], axis=-1)
+        h_rz, hn = ops.split(self._recurrent(h), [2 * H, H], axis=-1)
+        r, z = ops.gates(x_rz + h_rz, ("sigmoid", "sigmoid"))
         n = (xn + r * hn).tanh()
         h = n + z * (h - n)
         return h, h
