@@ -125,15 +125,18 @@ def checkpoint(fn: Callable[..., Any], *args: Any) -> Any:
     return _unflatten(saved[4], tensors)
 
 
-def checkpointed_unroll(step: Callable[..., Any], xs: Tensor, state: Any,
-                        every: int) -> tuple[Tensor, Any]:
-    """`unroll`'s loop in segments of `every` steps, each segment under `checkpoint`: only the
-    states at segment boundaries are kept; a segment's inner graph is rebuilt during backward."""
-    if not isinstance(every, (int, np.integer)) or every < 1:
+def checkpointed_unroll(step: Callable[..., Any], xs: Tensor, state: Any, every: int,
+                        project: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Any]:
+    """`unroll`'s loop in segments of `every` steps, each segment (its input projection
+    included) under `checkpoint`: only the states at segment boundaries are kept; a segment's
+    inner graph is rebuilt during backward."""
+    if not isinstance(every, (int, np.integer)) or isinstance(every, bool) or every < 1:
         raise ValueError(f"unroll: checkpoint_every must be a positive int, got {every!r}")
 
     def segment(spec: Any, xs_seg: Tensor, *flat_state: Tensor) -> Any:
         s = _unflatten(spec, list(flat_state)) if spec is not None else None
+        if project is not None:
+            xs_seg = project(xs_seg)
         ys = []
         for x_t in ops.unbind(xs_seg, 0):
             y, s = step(x_t, s)

@@ -230,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     opt = optim.Adam(model.parameters(), lr=args.lr)
     data = streams(train_ids, args.batch)  # (L, B)
     windows = (len(data) - 1) // args.seq_len
+    if windows < 1:
+        raise SystemExit(f"demo: --batch {args.batch} streams of the training text are shorter "
+                         f"than --seq-len {args.seq_len}; use fewer streams or a shorter window")
     print(f"model: Embedding({len(vocab)}, {args.embed}) -> LSTM({args.embed}, {args.hidden}) "
           f"-> Linear({args.hidden}, {len(vocab)}), {n_params:,} parameters; {args.steps} "
           f"updates of {args.batch} streams x {args.seq_len} characters "
@@ -291,4 +294,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # the book's curly quotes and dashes must not crash a terminal that cannot show them
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")
     sys.exit(main())

@@ -209,26 +209,40 @@ def current_seq() -> int:
 
 
 class Deferred:
-    """A gradient contribution a.T @ b (a (N, p), b (N, q)) that is not computed yet.
+    """A weight-gradient contribution a.T @ b (a (N, p), b (N, q)) that is not computed yet.
 
-    Weight gradients of `linear`/`matmul` take this form once per time step. Contributions to
-    the same leaf are gathered during the replay and summed at its end in ONE matrix product
-    over all steps (concatenated in arrival order), instead of T small products and additions."""
+    `linear`/`matmul` give their weight gradient in this form, one piece per time step. Pieces
+    for the same leaf are gathered during the replay and multiplied in one GEMM per block of
+    `DEFERRED_ROWS` rows (and at the end), instead of one small product and one addition per
+    step. Pieces arrive in descending time order whether or not the unroll is checkpointed, so
+    the blocks, and hence the gradients, are the same to the last bit; the cap bounds memory.
+    With `steps`, a and b are (S, n, p) and (S, n, q): S pieces, the last one first."""
 
-    __slots__ = ("a", "b")
+    __slots__ = ("a", "b", "steps")
 
-    def __init__(self, a: np.ndarray, b: np.ndarray) -> None:
-        self.a, self.b = a, b
+    def __init__(self, a: np.ndarray, b: np.ndarray, steps: bool = False) -> None:
+        self.a, self.b, self.steps = a, b, steps
 
     def value(self) -> np.ndarray:
+        if self.steps:
+            return sum((a.T @ b for a, b in zip(self.a[::-1], self.b[::-1])),
+                       np.zeros((self.a.shape[-1], self.b.shape[-1]), self.a.dtype))
         return self.a.T @ self.b
+
+
+class Pieces(list):
+    """A gradient given as several arrays, added to the input one after another in this order
+    (a bias of a stepwise `linear` gets one per time step; see Deferred for why)."""
+
+
+DEFERRED_ROWS = 1024
 
 
 class _ReplayState(threading.local):
     """Per-thread state shared by nested replays (a checkpoint replays inside a replay)."""
 
     depth = 0
-    deferred: dict[int, tuple[Tensor, list[np.ndarray], list[np.ndarray]]]
+    deferred: dict[int, list[Any]]  # id(leaf) -> [leaf, a pieces, b pieces, rows]
 
     def __init__(self) -> None:
         self.deferred = {}
@@ -237,31 +251,50 @@ class _ReplayState(threading.local):
 _Replay = _ReplayState()
 
 
+def _flush(entry: list[Any]) -> None:
+    t, aa, bb, _ = entry
+    a = aa[0] if len(aa) == 1 else np.concatenate(aa)
+    b = bb[0] if len(bb) == 1 else np.concatenate(bb)
+    g = a.T @ b
+    if t.grad is None:
+        t.grad = g
+    else:
+        np.add(t.grad, g, out=t.grad)
+    entry[1], entry[2], entry[3] = [], [], 0
+
+
 def _flush_deferred() -> None:
     pending, _Replay.deferred = _Replay.deferred, {}
-    for t, aa, bb in pending.values():
-        a = aa[0] if len(aa) == 1 else np.concatenate(aa)
-        b = bb[0] if len(bb) == 1 else np.concatenate(bb)
-        g = a.T @ b
-        if t.grad is None:
-            t.grad = g
-        else:
-            np.add(t.grad, g, out=t.grad)
+    for entry in pending.values():
+        if entry[3]:
+            _flush(entry)
+
+
+def _defer(t: Tensor, g: Deferred) -> None:
+    entry = _Replay.deferred.get(id(t))
+    if entry is None:
+        entry = _Replay.deferred[id(t)] = [t, [], [], 0]
+    pieces = zip(g.a[::-1], g.b[::-1]) if g.steps else ((g.a, g.b),)
+    for a, b in pieces:
+        entry[1].append(a)
+        entry[2].append(b)
+        entry[3] += a.shape[0]
+        if entry[3] >= DEFERRED_ROWS:
+            _flush(entry)
 
 
 def _accumulate(t: Tensor, g: Any) -> None:
-    """Add gradient `g` (of t's shape and dtype, or Deferred) to wherever t's gradient lives."""
+    """Add gradient `g` (of t's shape and dtype, or Deferred/Pieces) to where t's gradient lives."""
     m = t._node
     if type(g) is Deferred:
         if m is None and g.a.dtype == g.b.dtype == t.data.dtype:
-            entry = _Replay.deferred.get(id(t))
-            if entry is None:
-                _Replay.deferred[id(t)] = (t, [g.a], [g.b])
-            else:
-                entry[1].append(g.a)
-                entry[2].append(g.b)
+            _defer(t, g)
             return
         g = g.value().astype(t.data.dtype, copy=False)
+    elif type(g) is Pieces:
+        for p in g:
+            _accumulate(t, p.astype(t.data.dtype, copy=False))
+        return
     if m is None:  # a leaf: .grad is ours, so accumulate in place
         if t.grad is None:
             t.grad = np.array(g, dtype=t.data.dtype, copy=True)
@@ -366,12 +399,13 @@ def _replay(nodes: list[Node], retain_graph: bool) -> None:
             grads_in = op.backward(g, n.saved, n.needs)  # type: ignore[union-attr]
             if anomaly:
                 check_finite(op.name, "gradient",  # type: ignore[union-attr]
-                             [x.value() if type(x) is deferred else x
+                             [x.value() if type(x) is deferred else
+                              np.asarray(x) if type(x) is not Pieces else np.stack(x)
                               for x in grads_in if x is not None], n.where)
             for t, gi, need in zip(n.inputs, grads_in, n.needs):
                 if not need or gi is None:
                     continue
-                if type(gi) is deferred:
+                if type(gi) is deferred or type(gi) is Pieces:
                     _accumulate(t, gi)
                     continue
                 d = t.data

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .engine import Deferred
+from .engine import Deferred, Pieces
 from .errors import DTypeError, ShapeError
 from .primitive import Primitive, register
 from .tensor import Axis, Tensor, _const
@@ -124,8 +124,13 @@ class MatMul(Primitive):
     @staticmethod
     def backward(g, saved, needs):
         a, b = saved
-        if a.ndim == 2 and b.ndim == 2:  # dA = G B^T, dB = A^T G (deferred: see Deferred)
-            return (g @ b.T if needs[0] else None), (Deferred(a, g) if needs[1] else None)
+        if b.ndim == 2 and a.ndim >= 2:  # dA = G B^T, dB = A^T G (deferred: see Deferred)
+            gb = None
+            if needs[1]:
+                gb = Deferred(a, g) if a.ndim == 2 else Deferred(
+                    a.reshape(a.shape[0], -1, a.shape[-1]), g.reshape(g.shape[0], -1, g.shape[-1]),
+                    steps=True)
+            return (g @ b.T if needs[0] else None), gb
         if a.ndim == 1 and b.ndim == 1:  # dot product: g is a scalar
             return (g * b if needs[0] else None), (g * a if needs[1] else None)
         # promote 1-d operands to matrices so one formula covers every case
@@ -162,44 +167,64 @@ class MatMul(Primitive):
 
 @register
 class Linear(Primitive):
-    """x @ w.T (+ b): PyTorch's addmm. One record instead of transpose, matmul and add, and its
-    weight gradient joins the single end-of-backward product (see engine.Deferred)."""
+    """x @ w.T + b1 + b2 + ...: PyTorch's addmm, with any number of additive terms (each
+    broadcast to the output), as one record instead of a transpose, a matmul and additions.
+
+    For x with 3 or more axes the leading axis is time: numpy multiplies step by step, and the
+    weight and (out,)-bias gradients come one piece per step (Deferred, Pieces), so the result
+    for each step does not depend on how many steps are computed together — what lets a
+    checkpointed unroll reproduce the plain one to the last bit."""
 
     name = "linear"
 
     @staticmethod
-    def forward(x, w, b=None):
+    def forward(x, w, *biases):
         y = x @ w.T
-        if b is not None:
+        for b in biases:
             if b.dtype == y.dtype and b.shape == y.shape[y.ndim - b.ndim:]:
                 y += b  # y is fresh, so adding in place is safe
             else:
                 y = y + b
-        return y, (x, w)
+        return y, (x, w, tuple(b.shape for b in biases))
 
     @staticmethod
-    def backward(g, saved, needs):  # dx = G W, dW = G^T X, db = G (summed by the engine)
-        x, w = saved
+    def backward(g, saved, needs):  # dx = G W, dW = G^T X, db = G (summed over broadcast axes)
+        x, w, bias_shapes = saved
         gx = g @ w if needs[0] else None
         gw = None
+        stepwise = x.ndim >= 3
         if needs[1]:
             if x.ndim == 1:
                 gw = np.outer(g, x)
+            elif stepwise:
+                steps = x.shape[0]
+                gw = Deferred(g.reshape(steps, -1, w.shape[0]), x.reshape(steps, -1, w.shape[1]),
+                              steps=True)
             else:
-                n = x.shape[-1]
-                gw = Deferred(g.reshape(-1, w.shape[0]), x.reshape(-1, n))
-        if len(needs) == 2:
-            return gx, gw
-        return gx, gw, (g if needs[2] else None)
+                gw = Deferred(g, x)
+        gbs = []
+        for shape, need in zip(bias_shapes, needs[2:]):
+            if not need:
+                gbs.append(None)
+            elif stepwise and shape == (w.shape[0],):  # one piece per step, the last first
+                gbs.append(Pieces(g.reshape(g.shape[0], -1, w.shape[0]).sum(axis=1)[::-1]))
+            else:
+                gbs.append(g)
+        return (gx, gw, *gbs)
 
     @classmethod
-    def check(cls, x, w, b=None):
+    def check(cls, x, w, *biases):
         if w.ndim != 2 or x.ndim == 0 or x.shape[-1] != w.shape[1]:
             raise ShapeError(f"linear: x {x.shape} and weight {w.shape} do not fit: expected x "
                              f"(..., in) and weight (out, in) with the same 'in'")
-        if b is not None:
-            raise ShapeError(f"linear: bias {b.shape} cannot be broadcast to the output shape "
-                             f"{x.shape[:-1] + (w.shape[0],)}")
+        out = x.shape[:-1] + (w.shape[0],)
+        for b in biases:
+            try:
+                if np.broadcast_shapes(out, b.shape) != out:
+                    raise ValueError
+            except ValueError:
+                raise ShapeError(f"linear: bias {b.shape} cannot be broadcast to the output "
+                                 f"shape {out}") from None
 
 
 # ----------------------------------------------------------------------------- elementwise
@@ -692,14 +717,14 @@ def matmul(a: Any, b: Any) -> Tensor:
     return _t(a) @ b
 
 
-def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
-    """x @ weight.T + bias as one record (PyTorch's addmm). `bias` may be any array that broadcasts
-    to the output (..., out), e.g. a per-step input projection inside a recurrent cell."""
+def linear(x: Any, weight: Any, *biases: Any) -> Tensor:
+    """x @ weight.T + each bias, as one record (PyTorch's addmm). A bias may be any array that
+    broadcasts to the output (..., out), e.g. a per-step input projection inside a cell:
+    gates = linear(h, W_hh, xp_t, b_hh). None biases are skipped."""
     x = _t(x)
     w = weight if isinstance(weight, Tensor) else _const(weight, x)
-    if bias is None:
-        return Linear.apply(x, w)
-    return Linear.apply(x, w, bias if isinstance(bias, Tensor) else _const(bias, x))
+    bs = [b if isinstance(b, Tensor) else _const(b, x) for b in biases if b is not None]
+    return Linear.apply(x, w, *bs)
 
 
 def pow(x: Any, p: Any) -> Tensor:  # noqa: A001

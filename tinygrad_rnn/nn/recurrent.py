@@ -53,12 +53,12 @@ def unroll(cell: Callable[..., Any], xs: Any, state: State = None, batch_first: 
     if state is None and hasattr(cell, "initial_state"):
         state = cell.initial_state(xs.shape[1])
     project = getattr(cell, "project", None)
-    if project is not None:
-        xs = project(xs)
-    if checkpoint_every is not None:
+    if checkpoint_every is not None:  # projects segment by segment: memory stays O(T/k + k)
         from ..checkpoint import checkpointed_unroll
-        ys, state = checkpointed_unroll(step, xs, state, checkpoint_every)
+        ys, state = checkpointed_unroll(step, xs, state, checkpoint_every, project)
     else:
+        if project is not None:
+            xs = project(xs)
         ys_list = []
         for x_t in ops.unbind(xs, 0):
             y, state = step(x_t, state)
@@ -146,19 +146,15 @@ class _CellBase(Module):
         return x
 
     def project(self, xs: Tensor) -> Tensor:
-        """x W_ih^T + b for all time steps at once: (..., I) -> (..., gates*H)."""
+        """x W_ih^T + b_ih for all time steps at once: (..., I) -> (..., gates*H)."""
         if xs.shape[-1] != self.input_size:
             raise ShapeError(f"{type(self).__name__}: expected inputs with {self.input_size} "
                              f"features, got shape {xs.shape}")
-        return ops.linear(xs, self.weight_ih,
-                          None if self.bias_ih is None else self._projected_bias())
-
-    def _projected_bias(self) -> Tensor:
-        return self.bias_ih + self.bias_hh  # both biases add before any nonlinearity
+        return ops.linear(xs, self.weight_ih, self.bias_ih)
 
     def _recurrent(self, h: Tensor, xp: Tensor | None = None) -> Tensor:
-        """h W_hh^T (+ xp), one record."""
-        return ops.linear(h, self.weight_hh, xp)
+        """xp + h W_hh^T + b_hh, one record."""
+        return ops.linear(h, self.weight_hh, xp, self.bias_hh)
 
     def forward(self, x: Any, state: State = None) -> State:
         """One step, PyTorch's cell signature: returns the new state (h, or (h, c) for LSTM)."""
@@ -211,11 +207,6 @@ class GRUCell(_CellBase):
 
     gates = 3
 
-    def _projected_bias(self) -> Tensor:
-        return self.bias_ih  # b_hn sits inside r * (...), so b_hh stays in the recurrent part
-
-    def _recurrent(self, h: Tensor, xp: Tensor | None = None) -> Tensor:
-        return ops.linear(h, self.weight_hh, self.bias_hh)
 
     def step(self, xp: Tensor, state: State) -> tuple[Tensor, State]:
         h = self._zeros(xp) if state is None else self._check_state(state, xp)
