@@ -62,11 +62,13 @@ def train_truncated(model: Callable[..., Any], xs: Any, ys: Any,
                     batch_first: bool = False) -> tuple[float, Any]:
     """Train on one long sequence with TBPTT(k1, k2); returns (mean update loss, final state).
 
-    The T steps are consumed k1 at a time: update j ends at step e = min((j+1) k1, T) and its
-    window starts at b = max(0, e - k2). For each update the model runs over steps [b, e) from
+    The T steps are consumed k1 at a time: update j covers the new steps [s, e) with
+    s = j k1, e = min(s + k1, T), and its window starts k2 - k1 steps earlier, at
+    b = max(0, s - (k2 - k1)) (= e - k2 for every full update; a short last update keeps the
+    same look-back, so k1 = k2 is exactly "detach every k1 steps"). The model runs over [b, e) from
     the detached state at step b with the *current* parameters, so no gradient ever mixes
     activations computed under older parameters; the loss is `loss_fn(outputs, targets)` of the
-    steps new in this update, [j k1, e) (the last k1 steps, fewer for a short last update); then
+    steps new in this update, [s, e) (the last k1 steps, fewer for a short last update); then
     zero_grad, backward, optional `clip_grad_norm_(max_grad_norm)`, `optimizer.step()`. The
     state at the next window's start is taken, detached, from this run.
     k2 = None means k2 = k1 (detach every k1 steps); k1 = k2 = T is full BPTT.
@@ -97,7 +99,7 @@ def train_truncated(model: Callable[..., Any], xs: Any, ys: Any,
     final = state
     for s in range(0, T, k1):
         e = min(s + k1, T)
-        b_next = max(0, min(e + k1, T) - k2) if e < T else e
+        b_next = max(0, e - (k2 - k1)) if e < T else e  # = e' - k2 for a full next update
         # run [b, e) in pieces cut where the loss starts (s) and where the next window starts
         cuts = sorted({b, s, b_next, e})
         outs, st = [], start_state

@@ -35,7 +35,7 @@ def _unflatten(spec: Any, leaves: list[Any]) -> Any:
 class Checkpoint(Primitive):
     """fn(*args) whose inner graph is dropped after the forward; on backward fn is re-run with
     recording (and the same random draws) and that tape is replayed in place. Its outputs are
-    the flattened tensors fn returned; its inputs are the Tensor arguments."""
+    the flattened tensors fn returned; its inputs are the Tensors among the arguments."""
 
     name = "checkpoint"
     nout = None
@@ -46,75 +46,98 @@ class Checkpoint(Primitive):
         flat: list[Tensor] = []
         # recorded (into a graph dropped right away) only to learn whether any output needs
         # grad: fn may use parameters that no argument reveals
-        spec = _flatten(fn(*call.rebuild(arrays, call.needs)), flat)
+        args, _ = call.rebuild(arrays, call.needs)
+        spec = _flatten(fn(*args), flat)
         out_needs = any(t._requires_grad for t in flat)
         return tuple(t.data for t in flat), (fn, call, arrays, rng_state, spec, out_needs)
 
     @staticmethod
     def backward(gs, saved, needs):
         fn, call, arrays, rng_state, _, _ = saved
-        leaves = call.rebuild(arrays, needs, originals=True)
         current = random.get_state()
         random.set_state(rng_state)  # dropout inside fn must draw the same masks again
         try:
             since = current_seq()
             with enable_grad():
-                args = list(leaves)
-                for i, nonleaf, need in zip(call.tensor_pos, call.nonleaf, needs):
-                    if nonleaf and need and leaves[i]._node is None:
-                        # an identity record, so that this argument's gradient contributions
-                        # are summed in record order, exactly as in the run without checkpoint
-                        args[i] = leaves[i].reshape(leaves[i].shape)
+                args, leaves = call.rebuild(arrays, needs, replay=True)
                 flat: list[Tensor] = []
                 _flatten(fn(*args), flat)
         finally:
             random.set_state(current)
         run_backward(flat, list(gs), since=since)
         # leaf arguments were replayed as themselves: their gradients are in place already
-        return tuple(leaves[i].grad if need and nonleaf else None
-                     for i, need, nonleaf in zip(call.tensor_pos, needs, call.nonleaf))
+        return tuple(t.grad if need and nonleaf else None
+                     for t, need, nonleaf in zip(leaves, needs, call.nonleaf))
+
+
+class _Const:
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _args_spec(tree: Any, out: list[Tensor]) -> Any:
+    """Like _flatten, for arguments: Tensors (also inside tuples/lists) become indices into
+    `out`; anything else is kept as a constant."""
+    if isinstance(tree, Tensor):
+        out.append(tree)
+        return len(out) - 1
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_args_spec(t, out) for t in tree)
+    return _Const(tree)
+
+
+def _args_build(spec: Any, tensors: list[Tensor]) -> Any:
+    if isinstance(spec, int):
+        return tensors[spec]
+    if isinstance(spec, _Const):
+        return spec.value
+    return type(spec)(_args_build(s, tensors) for s in spec)
 
 
 class _Call:
-    """Where fn's Tensor arguments go among its other (constant) arguments."""
+    """fn's arguments: where its Tensors sit (also inside tuples/lists) among constants."""
 
     def __init__(self, args: tuple[Any, ...]) -> None:
-        self.tensor_pos = tuple(i for i, a in enumerate(args) if isinstance(a, Tensor))
-        self.consts = {i: a for i, a in enumerate(args) if not isinstance(a, Tensor)}
-        self.n_args = len(args)
-        self.needs = tuple(args[i]._requires_grad for i in self.tensor_pos)
-        self.nonleaf = tuple(args[i]._node is not None for i in self.tensor_pos)
-        # leaf arguments (e.g. parameters passed explicitly) are reused as they are on backward,
-        # so that their gradients accumulate exactly as without checkpoint
-        self.originals = {i: args[i] for i, nonleaf in zip(self.tensor_pos, self.nonleaf)
-                          if not nonleaf and args[i]._requires_grad}
+        self.tensors: list[Tensor] = []
+        self.spec = _args_spec(args, self.tensors)
+        self.needs = tuple(t._requires_grad for t in self.tensors)
+        self.nonleaf = tuple(t._node is not None for t in self.tensors)
+        # leaf arguments (e.g. parameters passed explicitly) are replayed as themselves, so
+        # that their gradients accumulate exactly as without checkpoint
+        self.originals = {j: t for j, t in enumerate(self.tensors)
+                          if t._node is None and t._requires_grad}
 
     def rebuild(self, arrays: tuple[np.ndarray, ...], needs: Any,
-                originals: bool = False) -> list[Any]:
-        """fn's argument list: fresh leaves for the Tensor arguments (or, with `originals`, the
-        caller's own leaf tensors where they need grad), the others as given."""
-        args: list[Any] = [None] * self.n_args
-        for a, need, i in zip(arrays, needs, self.tensor_pos):
-            if originals and need and i in self.originals:
-                args[i] = self.originals[i]
+                replay: bool = False) -> tuple[tuple[Any, ...], list[Tensor]]:
+        """fn's arguments with fresh leaves for its Tensors, and those leaves. On `replay`, leaf
+        arguments that need grad are the caller's own tensors, and non-leaf ones go through an
+        identity record so that their gradient contributions are summed in record order, as in
+        the run without checkpoint."""
+        leaves, used = [], []
+        for j, (a, need) in enumerate(zip(arrays, needs)):
+            if replay and need and j in self.originals:
+                leaves.append(self.originals[j])
+                used.append(self.originals[j])
                 continue
             t = Tensor._from_op(a, None)
             t._requires_grad = bool(need)
-            args[i] = t
-        for i, c in self.consts.items():
-            args[i] = c
-        return args
+            leaves.append(t)
+            used.append(t.reshape(t.shape) if replay and need and self.nonleaf[j] else t)
+        return _args_build(self.spec, used), leaves
 
 
 def checkpoint(fn: Callable[..., Any], *args: Any) -> Any:
     """fn(*args) without keeping its inner graph; recomputed during backward (same gradients).
 
+    Arguments may be Tensors, nested tuples/lists of Tensors, or anything else (passed as is).
     fn returns a Tensor or a nested tuple/list of Tensors. It must be deterministic apart from the
     library's RNG (whose state is replayed); it may use parameters (leaves) freely, but any other
     recorded tensor it needs must be passed as an argument. Memory: only the arguments and
     outputs are kept."""
     call = _Call(args)
-    inputs = tuple(args[i] for i in call.tensor_pos)
+    inputs = tuple(call.tensors)
     outs, saved = Checkpoint.forward(*(t.data for t in inputs), fn=fn, call=call)
     m = get_mode()
     node = Node(Checkpoint, inputs, saved, call.needs, len(outs),
