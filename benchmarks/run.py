@@ -162,15 +162,19 @@ class _CustomCell(nn.Module):
         return self._zeros(batch_size)
 
     def project(self, xs: tg.Tensor) -> tg.Tensor:
-        """Input projection of all steps in one matmul: (T, B, I) -> (T, B, gates*H)."""
-        return xs @ self.weight_ih.T + (self.bias_ih + self.bias_hh)
+        """Input projection of all steps in one record: (T, B, I) -> (T, B, gates*H)."""
+        return tg.linear(xs, self.weight_ih, self.bias_ih)
 
 
+# The cells below are what a user writes with the public primitives; `tg.linear` (x W^T + biases
+# in one record) and `tg.gates` (chunked activations in one record) are the two that matter for
+# speed. The same cells spelled with @, .T, + and chunk + sigmoid compute the same values with
+# 1.5-2x the records per step.
 class CustomRNNCell(_CustomCell):
-    """h' = tanh(x W_ih^T + b_ih + b_hh + h W_hh^T)."""
+    """h' = tanh(x W_ih^T + b_ih + h W_hh^T + b_hh)."""
 
     def forward(self, xp_t: tg.Tensor, h: tg.Tensor) -> tuple[tg.Tensor, tg.Tensor]:
-        h = (xp_t + h @ self.weight_hh.T).tanh()
+        h = tg.linear(h, self.weight_hh, xp_t, self.bias_hh).tanh()
         return h, h
 
 
@@ -184,10 +188,10 @@ class CustomLSTMCell(_CustomCell):
 
     def forward(self, xp_t: tg.Tensor, state: Any) -> tuple[tg.Tensor, Any]:
         h, c = state
-        gates = xp_t + h @ self.weight_hh.T
-        i, f, g, o = tg.chunk(gates, 4, axis=-1)
-        c = f.sigmoid() * c + i.sigmoid() * g.tanh()
-        h = o.sigmoid() * c.tanh()
+        z = tg.linear(h, self.weight_hh, xp_t, self.bias_hh)
+        i, f, g, o = tg.gates(z, ("sigmoid", "sigmoid", "tanh", "sigmoid"))
+        c = f * c + i * g
+        h = o * c.tanh()
         return h, (h, c)
 
 
@@ -196,14 +200,11 @@ class CustomGRUCell(_CustomCell):
 
     gates = 3
 
-    def project(self, xs: tg.Tensor) -> tg.Tensor:
-        return xs @ self.weight_ih.T + self.bias_ih  # b_hn must stay inside r * (...)
-
     def forward(self, xp_t: tg.Tensor, h: tg.Tensor) -> tuple[tg.Tensor, tg.Tensor]:
-        xr, xz, xn = tg.chunk(xp_t, 3, axis=-1)
-        hr, hz, hn = tg.chunk(h @ self.weight_hh.T + self.bias_hh, 3, axis=-1)
-        r = (xr + hr).sigmoid()
-        z = (xz + hz).sigmoid()
+        H = self.hidden_size
+        x_rz, xn = tg.split(xp_t, [2 * H, H], axis=-1)
+        h_rz, hn = tg.split(tg.linear(h, self.weight_hh, self.bias_hh), [2 * H, H], axis=-1)
+        r, z = tg.gates(x_rz + h_rz, ("sigmoid", "sigmoid"))
         n = (xn + r * hn).tanh()
         h = n + z * (h - n)  # = (1 - z) n + z h, one op fewer
         return h, h

@@ -22,7 +22,7 @@ import json
 import re
 import sys
 import time
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 

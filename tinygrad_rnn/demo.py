@@ -3,7 +3,7 @@
     python -m tinygrad_rnn.demo            # ~2-3 minutes on 2 cores
     python -m tinygrad_rnn.demo --quick    # a few seconds, for tests
 
-The book (bundled with the package) is split at a chapter boundary: the last ~8% (chapters 128-135)
+The book (bundled with the package) is split at a chapter boundary: the last ~7% (chapters 129-135)
 is held out. Training uses truncated backpropagation through time over `--batch` parallel streams
 of the training text: each update runs `--seq-len` characters from the detached state where the
 previous update stopped. The held-out chapters are scored in bits per character against a unigram

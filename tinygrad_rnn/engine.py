@@ -292,8 +292,14 @@ def _accumulate(t: Tensor, g: Any) -> None:
             return
         g = g.value().astype(t.data.dtype, copy=False)
     elif type(g) is Pieces:
-        for p in g:
-            _accumulate(t, p.astype(t.data.dtype, copy=False))
+        if m is None:  # a leaf: fold the pieces in, in order, with one numpy call
+            parts = [p.astype(t.data.dtype, copy=False) for p in g]
+            if t.grad is not None:
+                parts.insert(0, t.grad)
+            t.grad = np.add.accumulate(np.stack(parts), axis=0)[-1].copy()
+        else:
+            for p in g:
+                _accumulate(t, p.astype(t.data.dtype, copy=False))
         return
     if m is None:  # a leaf: .grad is ours, so accumulate in place
         if t.grad is None:

@@ -206,10 +206,12 @@ class Linear(Primitive):
         for shape, need in zip(bias_shapes, needs[2:]):
             if not need:
                 gbs.append(None)
-            elif stepwise and shape == (w.shape[0],):  # one piece per step, the last first
+            elif shape != (w.shape[0],) or g.ndim == 1:
+                gbs.append(g)  # the engine sums over whatever was broadcast
+            elif stepwise:  # one piece per step, the last first
                 gbs.append(Pieces(g.reshape(g.shape[0], -1, w.shape[0]).sum(axis=1)[::-1]))
             else:
-                gbs.append(g)
+                gbs.append(g[0] if g.shape[0] == 1 else g.sum(axis=0))
         return (gx, gw, *gbs)
 
     @classmethod
