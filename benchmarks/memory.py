@@ -67,21 +67,24 @@ def traced(fn: Callable[[], Any]) -> tuple[Any, int, int]:
 
 
 def lstm_step(lstm: nn.LSTM, xs: np.ndarray, G: tg.Tensor) -> dict[str, Any]:
-    """Forward, scalar loss, backward; returns the memory kept by the forward and the grads."""
+    """Forward, scalar loss, backward; returns the memory kept by the forward and the grads.
+    G of shape (T, B, H) weighs every output; G of shape (B, H) only the final state h_T."""
     lstm.zero_grad()
-    out, _ = lstm(xs)
-    loss = (out * G).sum()
+    out, (h_n, _) = lstm(xs)
+    loss = (out * G).sum() if G.ndim == 3 else (h_n[-1] * G).sum()
     kept = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0
     loss.backward()
     return {"kept": kept, "grads": [p.grad for p in lstm.parameters()]}
 
 
-def measure(T: int, B: int, I: int, H: int, seed: int = 0) -> dict[str, Any]:
+def measure(T: int, B: int, I: int, H: int, seed: int = 0, loss: str = "all") -> dict[str, Any]:
     dtype = np.float32
     r = np.random.default_rng(seed)
     xs = r.normal(size=(T, B, I)).astype(dtype)
     G_np = r.normal(size=(T, B, H)).astype(dtype)
-    G = tg.Tensor(G_np)
+    if loss == "last":  # many-to-one: only h_T enters the loss
+        G_np[:-1] = 0
+    G = tg.Tensor(G_np if loss == "all" else G_np[-1])
     k = max(1, round(math.sqrt(T)))
     row: dict[str, Any] = {"T": T, "B": B, "I": I, "H": H, "k": k}
     grads = {}
@@ -150,16 +153,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="T = 100, 400 with B = 8, H = 64")
     ap.add_argument("--json", metavar="PATH", help="write the rows as JSON to PATH")
     ap.add_argument("--T", type=int, nargs="+", help="sequence lengths (default 250 1000 4000)")
+    ap.add_argument("--loss", choices=("all", "last"), default="all",
+                    help="all: sum(out * G) over every step (the (T, B, H) output and its "
+                         "gradient are then O(T) whatever is checkpointed); last: sum(h_T * G), "
+                         "a many-to-one step, where only the recurrence's own memory remains")
     args = ap.parse_args(argv)
     if args.quick:
         Ts, B, I, H = args.T or [100, 400], 8, 32, 64
     else:
         Ts, B, I, H = args.T or [250, 1000, 4000], 32, 32, 256
-    print(f"nn.LSTM({I}, {H}), B = {B}, float32; one step = forward over T + sum(out * G) + "
+    loss = "sum(out * G)" if args.loss == "all" else "sum(h_T * G)"
+    print(f"nn.LSTM({I}, {H}), B = {B}, float32; one step = forward over T + {loss} + "
           f"backward; peaks by tracemalloc; checkpoint_every = k = round(sqrt(T))")
     rows = []
     for T in Ts:
-        row = measure(T, B, I, H)
+        row = measure(T, B, I, H, loss=args.loss)
         rows.append(row)
         print(f"  T = {T}: plain {row['plain_peak_mb']:.1f} MB in {row['plain_seconds']:.1f} s, "
               f"checkpointed {row['ckpt_peak_mb']:.1f} MB in {row['ckpt_seconds']:.1f} s",

@@ -166,10 +166,25 @@ def checkpointed_unroll(step: Callable[..., Any], xs: Tensor, state: Any, every:
             ys.append(y)
         return ops.stack(ys, 0), s
 
-    pieces = []
+    # The segments' outputs are copied into one (T, ...) array as they come and their own arrays
+    # replaced by zero-stride stand-ins of the same shape and dtype (concat's backward needs only
+    # shapes): the outputs are never held twice, not even during the final concatenation.
+    pieces: list[Tensor] = []
+    out = None
+    start = 0
     for xs_seg in ops.split(xs, int(every), axis=0):
         flat: list[Tensor] = []
         spec = _flatten(state, flat) if state is not None else None
         ys_seg, state = checkpoint(segment, spec, xs_seg, *flat)
+        if out is None:
+            out = np.empty((xs.shape[0],) + ys_seg.shape[1:], dtype=ys_seg.dtype)
+        out[start:start + ys_seg.shape[0]] = ys_seg.data
+        start += ys_seg.shape[0]
+        ys_seg.data = np.broadcast_to(np.zeros((), ys_seg.dtype), ys_seg.shape)
         pieces.append(ys_seg)
-    return ops.concat(pieces, axis=0), state
+    needs = tuple(p._requires_grad for p in pieces)
+    cuts = np.cumsum([p.shape[0] for p in pieces[:-1]])
+    m = get_mode()
+    node = Node(ops.Concat, tuple(pieces), (cuts, 0), needs, None,
+                user_source_line() if m & ANOMALY else None) if m & GRAD and any(needs) else None
+    return Tensor._from_op(out, node), state
