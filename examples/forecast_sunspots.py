@@ -20,7 +20,6 @@ plot of forecast against truth is saved (with matplotlib). The last line is `RES
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 import tinygrad_rnn as tg
 import tinygrad_rnn.nn.functional as F
 from tinygrad_rnn import datasets, nn, optim
+from tinygrad_rnn.progress import Progress, limit_blas_threads, print_result
 
 DEFAULTS = {"epochs": 40, "hidden": 16, "streams": 8, "k1": 24, "k2": 72, "lr": 3e-3}
 QUICK = {"epochs": 8, "hidden": 16, "streams": 8, "k1": 24, "k2": 48, "lr": 1e-2}
@@ -88,34 +88,6 @@ class ResidualForecaster(nn.Module):
         return x + self.head(h), state
 
 
-# ----------------------------------------------------------------------------- progress
-def progress(total: int, desc: str) -> Any:
-    """A tqdm bar when tqdm is installed, else a plain line about every 10%."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _PlainProgress(total, desc)
-    return tqdm(total=total, desc=desc, unit="epoch", dynamic_ncols=True)
-
-
-class _PlainProgress:
-    def __init__(self, total: int, desc: str) -> None:
-        self.total, self.desc, self.n, self.postfix = total, desc, 0, ""
-        self.every, self.start = max(1, total // 10), time.perf_counter()
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        if self.n % self.every == 0 or self.n == self.total:
-            print(f"{self.desc}: {self.n}/{self.total} {self.postfix} "
-                  f"[{time.perf_counter() - self.start:.0f}s]", flush=True)
-
-    def set_postfix_str(self, s: str) -> None:
-        self.postfix = s
-
-    def close(self) -> None:
-        pass
-
-
 # ----------------------------------------------------------------------------- plot
 def save_plot(path: str, years: np.ndarray, truth: np.ndarray,
               forecasts: dict[str, np.ndarray]) -> bool:
@@ -153,19 +125,6 @@ def save_plot(path: str, years: np.ndarray, truth: np.ndarray,
 
 
 # ----------------------------------------------------------------------------- main
-def limit_blas_threads(n: int) -> bool:
-    """Run numpy's BLAS on n threads (needs threadpoolctl; returns whether it was applied).
-    Small matrices gain nothing from a second thread; on a busy machine it costs a lot."""
-    if n <= 0:
-        return False
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return False
-    threadpool_limits(limits=n, user_api="blas")
-    return True
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Forecast next month's sunspot number with an LSTM trained by truncated "
@@ -249,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         return pred_z.data[months - 1, 0, 0].astype(np.float64) * std + mean
 
     losses, best, best_rmse, best_epoch = [], model.state_dict(), np.inf, 0
-    bar = progress(args.epochs, "LSTM")
+    bar = Progress(total=args.epochs, desc="LSTM", unit="epoch")
     for epoch in range(1, args.epochs + 1):
         loss, _ = tg.bptt.train_truncated(model, xs, ys, F.mse_loss, opt, k1=args.k1, k2=args.k2,
                                           max_grad_norm=1.0)
@@ -257,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         valid_rmse = rmse(forecast(valid_t), series[valid_t])
         if valid_rmse < best_rmse:
             best, best_rmse, best_epoch = model.state_dict(), valid_rmse, epoch
-        bar.set_postfix_str(f"train mse {loss:.4f} (normalised), valid rmse {valid_rmse:.2f}")
-        bar.update()
+        bar.update(1, train_mse=f"{loss:.4f}", valid_rmse=f"{valid_rmse:.2f}")
     bar.close()
     model.load_state_dict(best)
 
@@ -301,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {k: getattr(args, k) for k in ("epochs", "hidden", "streams", "k1", "k2",
                                                  "lr", "seed")},
     }
-    print("RESULT " + json.dumps(result), flush=True)
+    print_result(result)
     return 0
 
 

@@ -27,45 +27,15 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 import tinygrad_rnn as tg  # noqa: E402
 import tinygrad_rnn.nn.functional as F  # noqa: E402
 from tinygrad_rnn import nn  # noqa: E402
-
-
-class Progress:
-    """A tqdm bar when tqdm is installed, else a plain line on stderr about every 10%."""
-
-    def __init__(self, total: int, desc: str, enabled: bool = True) -> None:
-        self.total, self.desc, self.enabled, self.n = total, desc, enabled, 0
-        self.start, self.next_print = time.perf_counter(), 0
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            self.bar = None
-        else:
-            self.bar = tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr)
-
-    def update(self, n: int = 1, **info: Any) -> None:
-        self.n += n
-        if self.bar is not None:
-            self.bar.set_postfix(info, refresh=False)
-            self.bar.update(n)
-        elif self.enabled and (self.n >= self.next_print or self.n >= self.total):
-            self.next_print = self.n + max(1, self.total // 10)
-            extra = " ".join(f"{k}={v}" for k, v in info.items())
-            print(f"{self.desc}: {self.n}/{self.total} ({time.perf_counter() - self.start:.0f}s)"
-                  f" {extra}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+from tinygrad_rnn.progress import Progress, print_result  # noqa: E402
 
 
 def tanh_rnn(inputs: int, hidden: int, radius: float) -> nn.RNN:
@@ -130,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "LSTM, forget bias +1": lstm_forget_bias(inp, H, 1.0),
     }
     norms: dict[str, np.ndarray] = {}
-    bar = Progress(len(models), "gradient_flow", enabled=not args.no_progress)
+    bar = Progress(total=len(models), desc="gradient_flow", enabled=not args.no_progress)
     for label, model in models.items():
         norms[label] = tg.diagnostics.gradient_flow(model, xs, loss_fn)
         bar.update(1, model=label)
@@ -174,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "lstm_keeps_more": lstm_keeps_more, "plot": plot, "steps": T,
         "seconds": seconds, "cpu_seconds": cpu,
     }
-    print("RESULT " + json.dumps(result))
+    print_result(result)
     return 0
 
 

@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import re
 import sys
 import time
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 import tinygrad_rnn as tg
 import tinygrad_rnn.nn.functional as F
 from tinygrad_rnn import datasets, nn, optim
+from tinygrad_rnn.progress import Progress, limit_blas_threads, print_result
 
 PAD, UNK = 0, 1
 DEFAULTS = {"epochs": 8, "vocab": 6000, "embed": 48, "hidden": 64, "batch": 32, "lr": 2e-3,
@@ -119,34 +119,6 @@ class BagOfWordsLogistic(nn.Module):
         return self.linear(counts).reshape(-1)
 
 
-# ----------------------------------------------------------------------------- progress
-def progress(total: int, desc: str) -> Any:
-    """A tqdm bar when tqdm is installed, else a plain line about every 10%."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _PlainProgress(total, desc)
-    return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True)
-
-
-class _PlainProgress:
-    def __init__(self, total: int, desc: str) -> None:
-        self.total, self.desc, self.n, self.postfix = total, desc, 0, ""
-        self.every, self.start = max(1, total // 10), time.perf_counter()
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        if self.n % self.every == 0 or self.n == self.total:
-            print(f"{self.desc}: {self.n}/{self.total} {self.postfix} "
-                  f"[{time.perf_counter() - self.start:.0f}s]", flush=True)
-
-    def set_postfix_str(self, s: str) -> None:
-        self.postfix = s
-
-    def close(self) -> None:
-        pass
-
-
 # ----------------------------------------------------------------------------- training
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(((logits > 0) == (labels > 0.5)).mean())
@@ -161,7 +133,7 @@ def train_lstm(args: argparse.Namespace, seqs: dict[str, list[list[int]]],
     opt = optim.Adam(model.parameters(), lr=args.lr)
     lengths = np.array([len(s) for s in seqs["train"]])
     n_batches = -(-len(lengths) // args.batch)
-    bar = progress(args.epochs * n_batches, "LSTM")
+    bar = Progress(total=args.epochs * n_batches, desc="LSTM", unit="batch")
     losses: list[float] = []
     best, best_acc, smooth = None, -1.0, None
     for epoch in range(args.epochs):
@@ -175,12 +147,11 @@ def train_lstm(args: argparse.Namespace, seqs: dict[str, list[list[int]]],
             opt.step()
             losses.append(loss.item())
             smooth = losses[-1] if smooth is None else 0.95 * smooth + 0.05 * losses[-1]
-            bar.set_postfix_str(f"epoch {epoch + 1} loss {smooth:.3f}")
-            bar.update()
+            bar.update(1, epoch=epoch + 1, loss=f"{smooth:.3f}")
         acc = accuracy(predict_lstm(model, seqs["valid"], args.batch), labels["valid"])
         if acc > best_acc:
             best, best_acc = model.state_dict(), acc
-        bar.set_postfix_str(f"epoch {epoch + 1} loss {smooth:.3f} valid acc {acc:.3f}")
+        bar.set_postfix(epoch=epoch + 1, loss=f"{smooth:.3f}", valid_acc=f"{acc:.3f}")
     bar.close()
     model.load_state_dict(best)
     return model, losses, best_acc
@@ -207,7 +178,7 @@ def train_bag_of_words(args: argparse.Namespace, counts: dict[str, np.ndarray],
     n = len(labels["train"])
     losses: list[float] = []
     best, best_acc = None, -1.0
-    bar = progress(args.bow_epochs, "bag of words")
+    bar = Progress(total=args.bow_epochs, desc="bag of words", unit="epoch")
     for epoch in range(args.bow_epochs):
         for idx in np.array_split(rng.permutation(n), -(-n // 64)):
             loss = F.binary_cross_entropy_with_logits(model(counts["train"][idx]),
@@ -220,27 +191,13 @@ def train_bag_of_words(args: argparse.Namespace, counts: dict[str, np.ndarray],
             acc = accuracy(model(counts["valid"]).data, labels["valid"])
         if acc > best_acc:
             best, best_acc = model.state_dict(), acc
-        bar.set_postfix_str(f"loss {np.mean(losses[-50:]):.3f} valid acc {acc:.3f}")
-        bar.update()
+        bar.update(1, loss=f"{np.mean(losses[-50:]):.3f}", valid_acc=f"{acc:.3f}")
     bar.close()
     model.load_state_dict(best)
     return model, losses, best_acc
 
 
 # ----------------------------------------------------------------------------- main
-def limit_blas_threads(n: int) -> bool:
-    """Run numpy's BLAS on n threads (needs threadpoolctl; returns whether it was applied).
-    Small matrices gain nothing from a second thread; on a busy machine it costs a lot."""
-    if n <= 0:
-        return False
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return False
-    threadpool_limits(limits=n, user_api="blas")
-    return True
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Movie-review sentiment: embedding + LSTM classifier against a bag-of-words "
@@ -335,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {k: getattr(args, k) for k in ("epochs", "vocab", "embed", "hidden", "batch",
                                                  "lr", "max_len", "dropout", "seed")},
     }
-    print("RESULT " + json.dumps(result), flush=True)
+    print_result(result)
     return 0
 
 

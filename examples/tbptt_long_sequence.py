@@ -32,7 +32,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -44,35 +43,7 @@ import numpy as np  # noqa: E402
 import tinygrad_rnn as tg  # noqa: E402
 import tinygrad_rnn.nn.functional as F  # noqa: E402
 from tinygrad_rnn import nn, optim  # noqa: E402
-
-
-class Progress:
-    """A tqdm bar when tqdm is installed, else a plain line on stderr about every 10%."""
-
-    def __init__(self, total: int, desc: str, enabled: bool = True) -> None:
-        self.total, self.desc, self.enabled, self.n = total, desc, enabled, 0
-        self.start, self.next_print = time.perf_counter(), 0
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            self.bar = None
-        else:
-            self.bar = tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr)
-
-    def update(self, n: int = 1, **info: Any) -> None:
-        self.n += n
-        if self.bar is not None:
-            self.bar.set_postfix(info, refresh=False)
-            self.bar.update(n)
-        elif self.enabled and (self.n >= self.next_print or self.n >= self.total):
-            self.next_print = self.n + max(1, self.total // 10)
-            extra = " ".join(f"{k}={v}" for k, v in info.items())
-            print(f"{self.desc}: {self.n}/{self.total} ({time.perf_counter() - self.start:.0f}s)"
-                  f" {extra}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+from tinygrad_rnn.progress import Progress, print_result  # noqa: E402
 
 
 class Recaller(nn.Module):
@@ -133,7 +104,7 @@ def train(args: argparse.Namespace, xs: np.ndarray, ys: np.ndarray, init: dict[s
     model.load_state_dict(init)  # both runs start from the same weights
     opt = optim.Adam(model.parameters(), lr=args.lr)
     losses: list[float] = []
-    bar = Progress(len(xs), desc, enabled=not args.no_progress)
+    bar = Progress(total=len(xs), desc=desc, enabled=not args.no_progress)
     ce = cross_entropy(args.vocab)
 
     def loss_fn(logits: tg.Tensor, y: Any) -> tg.Tensor:
@@ -272,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps, "k1": args.k1, "k2": args.k2,
         "checkpoint_every": args.checkpoint_every, "seconds": seconds, "cpu_seconds": cpu,
     }
-    print("RESULT " + json.dumps(result))
+    print_result(result)
     return 0
 
 

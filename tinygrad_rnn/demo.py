@@ -14,17 +14,17 @@ The last line printed is `RESULT {json}` for scripts and tests.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 
 import tinygrad_rnn as tg
 import tinygrad_rnn.nn.functional as F
 from tinygrad_rnn import datasets, nn, optim
+from tinygrad_rnn.progress import Progress, limit_blas_threads, print_result
 
 DEFAULTS = {"steps": 800, "hidden": 256, "seq_len": 64, "batch": 32, "embed": 48, "lr": 3e-3}
 QUICK = {"steps": 60, "hidden": 64, "seq_len": 32, "batch": 16, "embed": 16, "lr": 1e-2}
@@ -125,51 +125,7 @@ def sample(model: CharLSTM, vocab: CharVocab, prime: str, n: int, temperature: f
     return prime + vocab.decode(out)
 
 
-# ----------------------------------------------------------------------------- progress
-def progress(iterable: Iterable[int], total: int, desc: str) -> Any:
-    """A tqdm bar when tqdm is installed, else a plain line every ~10% (see `report`)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _PlainProgress(iterable, total, desc)
-    return tqdm(iterable, total=total, desc=desc, unit="step", dynamic_ncols=True)
-
-
-class _PlainProgress:
-    def __init__(self, iterable: Iterable[int], total: int, desc: str) -> None:
-        self.iterable, self.total, self.desc = iterable, total, desc
-        self.every, self.postfix, self.start = max(1, total // 10), "", time.perf_counter()
-
-    def __iter__(self) -> Iterator[int]:
-        for i, item in enumerate(self.iterable, 1):
-            yield item
-            if i % self.every == 0 or i == self.total:
-                print(f"{self.desc}: {i}/{self.total} {self.postfix} "
-                      f"[{time.perf_counter() - self.start:.0f}s]", flush=True)
-
-    def set_postfix_str(self, s: str) -> None:
-        self.postfix = s
-
-    def close(self) -> None:
-        pass
-
-
 # ----------------------------------------------------------------------------- main
-def limit_blas_threads(n: int) -> bool:
-    """Run numpy's BLAS on n threads (needs threadpoolctl; returns whether it was applied).
-
-    The matrices of a small RNN are too small to gain from a second thread, and on a busy machine
-    a spinning multi-threaded OpenBLAS can be ten times slower."""
-    if n <= 0:
-        return False
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return False
-    threadpool_limits(limits=n, user_api="blas")
-    return True
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m tinygrad_rnn.demo",
@@ -240,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
 
     losses: list[float] = []
     state, smooth = None, None
-    bar = progress(range(args.steps), args.steps, "train")
-    for step in bar:
+    bar = Progress(range(args.steps), desc="train", unit="step")
+    for step in bar:  # closes the bar at the end
         w = step % windows
         if w == 0:
             state = None  # a new pass over the text starts from a zero state
@@ -259,8 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         state = tg.detach(state)  # truncated BPTT: keep the state, cut its history
         losses.append(loss.item())
         smooth = losses[-1] if smooth is None else 0.95 * smooth + 0.05 * losses[-1]
-        bar.set_postfix_str(f"loss {smooth:.3f} ({smooth / math.log(2):.2f} bits/char)")
-    bar.close()
+        bar.set_postfix(loss=f"{smooth:.3f}", bits_per_char=f"{smooth / math.log(2):.2f}")
     train_seconds = time.perf_counter() - t_start
 
     ours = evaluate_bits(model, v_in, v_out)
@@ -289,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {k: getattr(args, k) for k in ("steps", "hidden", "seq_len", "batch", "embed",
                                                  "lr", "seed")},
     }
-    print("RESULT " + json.dumps(result), flush=True)
+    print_result(result)
     return 0
 
 

@@ -10,6 +10,7 @@ it. Un-broadcasting of gradients happens here, once, for every primitive.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from contextvars import ContextVar, Token
 import os
@@ -54,9 +55,6 @@ class Node:
         self.where = where  # the user's source line, recorded under detect_anomaly
         self.retained: list[Tensor] | None = None
 
-    def free(self) -> None:
-        self.op = self.inputs = self.saved = self.retained = None  # type: ignore[assignment]
-
 
 # ----------------------------------------------------------------------------- grad mode
 class _ModeSwitch:
@@ -94,8 +92,6 @@ class no_grad(_ModeSwitch):
         return m & ~GRAD
 
     def __call__(self, func: F) -> F:
-        import functools
-
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             with type(self)():
