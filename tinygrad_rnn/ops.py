@@ -723,10 +723,12 @@ def linear(x: Any, weight: Any, *biases: Any) -> Tensor:
     """x @ weight.T + each bias, as one record (PyTorch's addmm). A bias may be any array that
     broadcasts to the output (..., out), e.g. a per-step input projection inside a cell:
     gates = linear(h, W_hh, xp_t, b_hh). None biases are skipped."""
-    x = _t(x)
-    w = weight if isinstance(weight, Tensor) else _const(weight, x)
-    bs = [b if isinstance(b, Tensor) else _const(b, x) for b in biases if b is not None]
-    return Linear.apply(x, w, *bs)
+    x = x if isinstance(x, Tensor) else _t(x)
+    args = [x, weight if isinstance(weight, Tensor) else _const(weight, x)]
+    for b in biases:  # a loop, not a comprehension: this runs once per time step
+        if b is not None:
+            args.append(b if isinstance(b, Tensor) else _const(b, x))
+    return Linear.apply(*args)
 
 
 def pow(x: Any, p: Any) -> Tensor:  # noqa: A001
@@ -870,16 +872,24 @@ def gates(x: Any, activations: Sequence[str]) -> tuple[Tensor, ...]:
     """Split the last axis of x into len(activations) equal chunks and apply each its activation
     ("sigmoid", "tanh", "relu" or "identity"), as one record: an LSTM's i, f, g, o =
     gates(z, ("sigmoid", "sigmoid", "tanh", "sigmoid")). Same values as chunk + activations."""
-    t = _t(x)
-    acts = tuple(activations)
-    bad = [a for a in acts if a not in _ACTIVATIONS]
-    if not acts or bad:
-        raise ValueError(f"gates: activations must be a non-empty sequence of {_ACTIVATIONS}, "
-                         f"got {activations!r}")
-    if t.ndim == 0 or t.shape[-1] % len(acts):
+    t = x if isinstance(x, Tensor) else _t(x)
+    acts = activations if activations in _CHECKED_GATES else _check_gates(activations)
+    if t.data.ndim == 0 or t.data.shape[-1] % len(acts):
         raise ShapeError(f"gates: the last axis of shape {t.shape} does not split into "
                          f"{len(acts)} equal chunks")
     return Gates.apply(t, acts=acts)
+
+
+_CHECKED_GATES: set[Any] = set()  # activation tuples already validated (gates runs per step)
+
+
+def _check_gates(activations: Sequence[str]) -> tuple[str, ...]:
+    acts = tuple(activations)
+    if not acts or any(a not in _ACTIVATIONS for a in acts):
+        raise ValueError(f"gates: activations must be a non-empty sequence of {_ACTIVATIONS}, "
+                         f"got {activations!r}")
+    _CHECKED_GATES.add(acts)
+    return acts
 
 
 def unbind(x: Any, axis: int = 0) -> tuple[Tensor, ...]:

@@ -63,8 +63,12 @@ class Primitive:
                 out, saved = cls.forward(a.data, **params)
                 needs = (a._requires_grad,)
             else:
-                out, saved = cls.forward(*[t.data for t in inputs], **params)
-                needs = tuple([t._requires_grad for t in inputs])
+                arrays, flags = [], []
+                for t in inputs:
+                    arrays.append(t.data)
+                    flags.append(t._requires_grad)
+                out, saved = cls.forward(*arrays, **params)
+                needs = tuple(flags)
         except (ValueError, IndexError) as e:
             if isinstance(e, ShapeError):
                 raise
@@ -81,8 +85,9 @@ class Primitive:
             check_finite(cls.name, "output", list(out) if cls.nout is None else [out], where)
         if cls.nout == 1:
             return Tensor._from_op(out, node)
-        outs = tuple([Tensor._from_op(o, node) for o in out])
-        if node is not None:
-            for i, t in enumerate(outs):
-                t._idx = i
-        return outs
+        outs = []
+        for i, o in enumerate(out):
+            t = Tensor._from_op(o, node)
+            t._idx = i
+            outs.append(t)
+        return tuple(outs)
