@@ -682,7 +682,11 @@ def test_checkpoint_every_sqrt_T_lowers_the_peak_memory_of_a_custom_cell_unroll(
 
     peaks, grads = _peaks(run)
     assert all(np.array_equal(a, b) for a, b in zip(grads[None], grads[K_MEM]))
-    assert peaks[K_MEM] < 0.3 * peaks[None], {k: f"{v / 1e6:.2f} MB" for k, v in peaks.items()}
+    # Since records keep Ports instead of input tensors the plain run itself is leaner (~11 MB,
+    # was ~26 MB), so the bound is relative to that; the checkpointed run is ~5 MB, of which
+    # ~3.2 MB are the O(T) outputs, out * R and their gradients.
+    assert peaks[K_MEM] < 0.5 * peaks[None], {k: f"{v / 1e6:.2f} MB" for k, v in peaks.items()}
+    assert peaks[K_MEM] < 6.5e6, {k: f"{v / 1e6:.2f} MB" for k, v in peaks.items()}
 
 
 def test_checkpoint_every_sqrt_T_lowers_the_peak_memory_of_the_builtin_lstm():

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import ops, random
 from .engine import (
-    ANOMALY, GRAD, Node, current_seq, enable_grad, get_mode, run_backward, user_source_line,
+    ANOMALY, GRAD, Node, current_seq, enable_grad, get_mode, port, run_backward, user_source_line,
 )
 from .primitive import Primitive, register
 from .tensor import Tensor
@@ -140,7 +140,7 @@ def checkpoint(fn: Callable[..., Any], *args: Any) -> Any:
     inputs = tuple(call.tensors)
     outs, saved = Checkpoint.forward(*(t.data for t in inputs), fn=fn, call=call)
     m = get_mode()
-    node = Node(Checkpoint, inputs, saved, call.needs, len(outs),
+    node = Node(Checkpoint, tuple(port(t) for t in inputs), saved, call.needs, len(outs),
                 user_source_line() if m & ANOMALY else None) if m & GRAD and saved[5] else None
     tensors = [Tensor._from_op(o, node) for o in outs]
     for i, t in enumerate(tensors):
@@ -166,10 +166,9 @@ def checkpointed_unroll(step: Callable[..., Any], xs: Tensor, state: Any, every:
             ys.append(y)
         return ops.stack(ys, 0), s
 
-    # The segments' outputs are copied into one (T, ...) array as they come and their own arrays
-    # replaced by zero-stride stand-ins of the same shape and dtype (concat's backward needs only
-    # shapes): the outputs are never held twice, not even during the final concatenation.
-    pieces: list[Tensor] = []
+    # The segments' outputs are copied into one (T, ...) array as they come; the concat record
+    # keeps only their Ports, so they are never held twice.
+    ports, needs, sizes = [], [], []
     out = None
     start = 0
     for xs_seg in ops.split(xs, int(every), axis=0):
@@ -180,11 +179,11 @@ def checkpointed_unroll(step: Callable[..., Any], xs: Tensor, state: Any, every:
             out = np.empty((xs.shape[0],) + ys_seg.shape[1:], dtype=ys_seg.dtype)
         out[start:start + ys_seg.shape[0]] = ys_seg.data
         start += ys_seg.shape[0]
-        ys_seg.data = np.broadcast_to(np.zeros((), ys_seg.dtype), ys_seg.shape)
-        pieces.append(ys_seg)
-    needs = tuple(p._requires_grad for p in pieces)
-    cuts = np.cumsum([p.shape[0] for p in pieces[:-1]])
+        ports.append(port(ys_seg))
+        needs.append(ys_seg._requires_grad)
+        sizes.append(ys_seg.shape[0])
+        del ys_seg
     m = get_mode()
-    node = Node(ops.Concat, tuple(pieces), (cuts, 0), needs, None,
+    node = Node(ops.Concat, tuple(ports), (np.cumsum(sizes[:-1]), 0), tuple(needs), None,
                 user_source_line() if m & ANOMALY else None) if m & GRAD and any(needs) else None
     return Tensor._from_op(out, node), state

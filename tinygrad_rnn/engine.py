@@ -56,6 +56,41 @@ class Node:
         self.retained: list[Tensor] | None = None
 
 
+class Port:
+    """What a record keeps of an input that is itself recorded: where its gradient goes (the
+    producing node and output index) and its shape and dtype — not the Tensor, so not its data.
+    An intermediate result nobody saved for backward (a pre-activation, say) is freed as soon as
+    the user drops it. Leaves are kept as Tensors (their .grad is the destination)."""
+
+    __slots__ = ("_node", "_idx", "shape", "dtype", "grad")
+    _requires_grad = requires_grad = True
+
+    def __init__(self, t: Tensor) -> None:
+        node = self._node = t._node
+        if node is not None and node.nout is not None:
+            self._idx = t._idx
+        self.shape, self.dtype, self.grad = t.data.shape, t.data.dtype, None
+
+    def retain_grad(self) -> None:
+        node = self._node
+        if node is None or node.op is None:
+            raise GraphError("retain_grad: the graph of this tensor was already freed")
+        if node.retained is None:
+            node.retained = []
+        if not any(r is self for r in node.retained):
+            node.retained.append(self)
+
+
+def port(t: Tensor) -> Any:
+    """What a record stores for input `t`: `t` itself for a leaf, else its (cached) Port."""
+    if t._node is None:
+        return t
+    p = t._port
+    if p is None:
+        p = t._port = Port(t)
+    return p
+
+
 # ----------------------------------------------------------------------------- grad mode
 class _ModeSwitch:
     """Sets mode bits on enter and restores the previous mode on exit (nests, reentrant)."""
@@ -283,23 +318,23 @@ def _accumulate(t: Tensor, g: Any) -> None:
     """Add gradient `g` (of t's shape and dtype, or Deferred/Pieces) to where t's gradient lives."""
     m = t._node
     if type(g) is Deferred:
-        if m is None and g.a.dtype == g.b.dtype == t.data.dtype:
+        if m is None and g.a.dtype == g.b.dtype == t.dtype:
             _defer(t, g)
             return
-        g = g.value().astype(t.data.dtype, copy=False)
+        g = g.value().astype(t.dtype, copy=False)
     elif type(g) is Pieces:
         if m is None:  # a leaf: fold the pieces in, in order, with one numpy call
-            parts = [p.astype(t.data.dtype, copy=False) for p in g]
+            parts = [p.astype(t.dtype, copy=False) for p in g]
             if t.grad is not None:
                 parts.insert(0, t.grad)
             t.grad = np.add.accumulate(np.stack(parts), axis=0)[-1].copy()
         else:
             for p in g:
-                _accumulate(t, p.astype(t.data.dtype, copy=False))
+                _accumulate(t, p.astype(t.dtype, copy=False))
         return
     if m is None:  # a leaf: .grad is ours, so accumulate in place
         if t.grad is None:
-            t.grad = np.array(g, dtype=t.data.dtype, copy=True)
+            t.grad = np.array(g, dtype=t.dtype, copy=True)
         else:
             np.add(t.grad, g, out=t.grad)
     elif m.nout is None:
@@ -410,12 +445,15 @@ def _replay(nodes: list[Node], retain_graph: bool) -> None:
                 if type(gi) is deferred or type(gi) is Pieces:
                     _accumulate(t, gi)
                     continue
-                d = t.data
-                if gi.shape != d.shape:
-                    gi = unbroadcast(gi, d.shape, op.name)  # type: ignore[union-attr]
-                if gi.dtype is not d.dtype and gi.dtype != d.dtype:
-                    gi = gi.astype(d.dtype)
                 m = t._node
+                if m is None:  # a leaf Tensor
+                    shape, dtype = t.data.shape, t.data.dtype
+                else:  # a Port
+                    shape, dtype = t.shape, t.dtype
+                if gi.shape != shape:
+                    gi = unbroadcast(gi, shape, op.name)  # type: ignore[union-attr]
+                if gi.dtype is not dtype and gi.dtype != dtype:
+                    gi = gi.astype(dtype)
                 if m is None or m.nout is not None:
                     _accumulate(t, gi)
                     continue
@@ -434,5 +472,5 @@ def _store_retained(n: Node, g: Any) -> None:
     for t in n.retained or ():
         gi = g if n.nout is None or g is None else g[t._idx]
         if gi is None:
-            gi = np.zeros_like(t.data)
+            gi = np.zeros(t.shape, t.dtype)
         t.grad = np.array(gi, copy=True) if t.grad is None else t.grad + gi

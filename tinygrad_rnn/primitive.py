@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .engine import ANOMALY, GRAD, Node, check_finite, get_mode, user_source_line
+from .engine import ANOMALY, GRAD, Node, check_finite, get_mode, port, user_source_line
 from .errors import ShapeError
 from .tensor import Tensor
 
@@ -77,9 +77,18 @@ class Primitive:
             shapes = ", ".join(str(a.shape) for a in arrays)
             raise ShapeError(f"{cls.name}: {e} (input shapes {shapes})") from None
         m = get_mode()
-        node = Node(cls, inputs, saved, needs, None if cls.nout == 1 else len(out),
-                    user_source_line() if m & ANOMALY else None) \
-            if m & GRAD and True in needs else None
+        node = None
+        if m & GRAD and True in needs:
+            # the record keeps leaves and Ports, not recorded inputs: their data may go
+            if n == 2:
+                ins: tuple[Any, ...] = (a if a._node is None else a._port or port(a),
+                                        b if b._node is None else b._port or port(b))
+            elif n == 1:
+                ins = (a if a._node is None else a._port or port(a),)
+            else:
+                ins = tuple([port(t) for t in inputs])
+            node = Node(cls, ins, saved, needs, None if cls.nout == 1 else len(out),
+                        user_source_line() if m & ANOMALY else None)
         if m & ANOMALY:
             where = node.where if node is not None else user_source_line()
             check_finite(cls.name, "output", list(out) if cls.nout is None else [out], where)

@@ -26,7 +26,7 @@ class Tensor:
     `tg.default_dtype`); `grad` is None or an array of data's shape and dtype.
     """
 
-    __slots__ = ("data", "grad", "_requires_grad", "_node", "_idx")
+    __slots__ = ("data", "grad", "_requires_grad", "_node", "_idx", "_port")
     __array_ufunc__ = None  # `ndarray + Tensor` defers to Tensor.__radd__ instead of looping
 
     def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None) -> None:
@@ -42,6 +42,7 @@ class Tensor:
         self.data: np.ndarray = arr
         self.grad: np.ndarray | None = None
         self._node: engine.Node | None = None
+        self._port: engine.Port | None = None
         self._requires_grad = False
         self.requires_grad = requires_grad
 
@@ -52,6 +53,7 @@ class Tensor:
         t.data = out if type(out) is np.ndarray else np.asarray(out)
         t.grad = None
         t._node = node
+        t._port = None
         t._requires_grad = node is not None
         return t
 
