@@ -14,13 +14,25 @@ from .primitive import Primitive, register
 from .tensor import Tensor
 
 
-def _flatten(tree: Any, out: list[Tensor]) -> Any:
-    """Tensors of a nested tuple/list into `out`; returns the structure with indices in place."""
+class _Const:
+    """A non-Tensor argument, kept as it is in a flattened structure."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _flatten(tree: Any, out: list[Tensor], constants: bool = False) -> Any:
+    """Tensors of a nested tuple/list into `out`; returns the structure with indices in place.
+    Anything else is kept as a constant if `constants`, else an error (fn's outputs)."""
     if isinstance(tree, Tensor):
         out.append(tree)
         return len(out) - 1
     if isinstance(tree, (tuple, list)):
-        return type(tree)(_flatten(t, out) for t in tree)
+        return type(tree)(_flatten(t, out, constants) for t in tree)
+    if constants:
+        return _Const(tree)
     raise TypeError(f"checkpoint: fn must return a Tensor or a nested tuple/list of Tensors, "
                     f"got {type(tree).__name__}")
 
@@ -28,6 +40,8 @@ def _flatten(tree: Any, out: list[Tensor]) -> Any:
 def _unflatten(spec: Any, leaves: list[Any]) -> Any:
     if isinstance(spec, int):
         return leaves[spec]
+    if isinstance(spec, _Const):
+        return spec.value
     return type(spec)(_unflatten(s, leaves) for s in spec)
 
 
@@ -70,38 +84,12 @@ class Checkpoint(Primitive):
                      for t, need, nonleaf in zip(leaves, needs, call.nonleaf))
 
 
-class _Const:
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-
-def _args_spec(tree: Any, out: list[Tensor]) -> Any:
-    """Like _flatten, for arguments: Tensors (also inside tuples/lists) become indices into
-    `out`; anything else is kept as a constant."""
-    if isinstance(tree, Tensor):
-        out.append(tree)
-        return len(out) - 1
-    if isinstance(tree, (tuple, list)):
-        return type(tree)(_args_spec(t, out) for t in tree)
-    return _Const(tree)
-
-
-def _args_build(spec: Any, tensors: list[Tensor]) -> Any:
-    if isinstance(spec, int):
-        return tensors[spec]
-    if isinstance(spec, _Const):
-        return spec.value
-    return type(spec)(_args_build(s, tensors) for s in spec)
-
-
 class _Call:
     """fn's arguments: where its Tensors sit (also inside tuples/lists) among constants."""
 
     def __init__(self, args: tuple[Any, ...]) -> None:
         self.tensors: list[Tensor] = []
-        self.spec = _args_spec(args, self.tensors)
+        self.spec = _flatten(args, self.tensors, constants=True)
         self.needs = tuple(t._requires_grad for t in self.tensors)
         self.nonleaf = tuple(t._node is not None for t in self.tensors)
         # leaf arguments (e.g. parameters passed explicitly) are replayed as themselves, so
@@ -125,7 +113,7 @@ class _Call:
             t._requires_grad = bool(need)
             leaves.append(t)
             used.append(t.reshape(t.shape) if replay and need and self.nonleaf[j] else t)
-        return _args_build(self.spec, used), leaves
+        return _unflatten(self.spec, used), leaves
 
 
 def checkpoint(fn: Callable[..., Any], *args: Any) -> Any:

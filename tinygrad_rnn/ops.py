@@ -414,12 +414,12 @@ class Sum(Primitive):
 
     @staticmethod
     def forward(x, axis, keepdims):
-        return x.sum(axis=axis, keepdims=keepdims), (x.shape, _keep_shape(x.shape, axis))
+        return x.sum(axis=axis, keepdims=keepdims), (x.shape, axis)
 
     @staticmethod
     def backward(g, saved, needs):  # every summand gets the upstream gradient
-        shape, kshape = saved
-        return (np.broadcast_to(g.reshape(kshape), shape),)
+        shape, axis = saved
+        return (np.broadcast_to(g.reshape(_keep_shape(shape, axis)), shape),)
 
 
 @register
@@ -428,12 +428,13 @@ class Mean(Primitive):
 
     @staticmethod
     def forward(x, axis, keepdims):
-        y = x.mean(axis=axis, keepdims=keepdims)
-        return y, (x.shape, _keep_shape(x.shape, axis), x.size // builtins.max(np.size(y), 1))
+        return x.mean(axis=axis, keepdims=keepdims), (x.shape, axis)
 
     @staticmethod
     def backward(g, saved, needs):  # d mean = 1/n per element
-        shape, kshape, n = saved
+        shape, axis = saved
+        kshape = _keep_shape(shape, axis)
+        n = builtins.max(int(np.prod(shape)) // builtins.max(int(np.prod(kshape)), 1), 1)
         return (np.broadcast_to(g.reshape(kshape) / g.dtype.type(n), shape),)
 
 
