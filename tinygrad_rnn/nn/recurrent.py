@@ -145,15 +145,24 @@ class _CellBase(Module):
                              f"{self.input_size}) or ({self.input_size},), got {x.shape}")
         return x
 
+    # RNN and LSTM add b_hh straight to the pre-activation, so it joins b_ih in the projection
+    # of the whole sequence: one add and one bias-gradient sum per step fewer. GRU cannot: its
+    # b_hn sits inside r * (W_hn h + b_hn).
+    fold_bias_hh = True
+
     def project(self, xs: Tensor) -> Tensor:
-        """x W_ih^T + b_ih for all time steps at once: (..., I) -> (..., gates*H)."""
+        """x W_ih^T + b_ih (+ b_hh) for all time steps at once: (..., I) -> (..., gates*H)."""
         if xs.shape[-1] != self.input_size:
             raise ShapeError(f"{type(self).__name__}: expected inputs with {self.input_size} "
                              f"features, got shape {xs.shape}")
+        if self.fold_bias_hh:
+            return ops.linear(xs, self.weight_ih, self.bias_ih, self.bias_hh)
         return ops.linear(xs, self.weight_ih, self.bias_ih)
 
     def _recurrent(self, h: Tensor, xp: Tensor | None = None) -> Tensor:
-        """xp + h W_hh^T + b_hh, one record."""
+        """xp + h W_hh^T (+ b_hh unless the projection has it), one record."""
+        if self.fold_bias_hh:
+            return ops.linear(h, self.weight_hh, xp)
         return ops.linear(h, self.weight_hh, xp, self.bias_hh)
 
     def forward(self, x: Any, state: State = None) -> State:
@@ -206,7 +215,7 @@ class GRUCell(_CellBase):
     """Gates r, z, n: n = tanh(W_in x + b_in + r (W_hn h + b_hn)), h' = (1 - z) n + z h."""
 
     gates = 3
-
+    fold_bias_hh = False
 
     def step(self, xp: Tensor, state: State) -> tuple[Tensor, State]:
         h = self._zeros(xp) if state is None else self._check_state(state, xp)
