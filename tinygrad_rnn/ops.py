@@ -271,14 +271,30 @@ class Tanh(Primitive):
         if y.ndim == 0:
             return (g * (1 - y * y),)
         d = y * y
-        np.subtract(1, d, out=d)
-        d *= g
+        np.subtract(ONE[d.dtype], d, d)
+        np.multiply(d, g, d)
         return (d,)
 
 
+class _Constants(dict):
+    """0-d arrays of one value, per dtype. On small arrays a ufunc with a Python number costs
+    twice as much as the call itself (scalar conversion and dtype resolution); with a 0-d array
+    of the operand's dtype it does not. Out arrays are passed positionally for the same reason."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def __missing__(self, dtype: Any) -> np.ndarray:
+        c = self[dtype] = np.array(self.value, dtype=dtype)
+        return c
+
+
+ONE = _Constants(1)
 # exp(-x) overflows for x below these; clamping there changes sigmoid by less than the smallest
 # normal number, and avoids overflow warnings
-_SIGMOID_HI = {np.dtype(np.float16): 11.0, np.dtype(np.float32): 88.0}
+_SIGMOID_HI = {np.dtype(t): np.array(v, dtype=t) for t, v in
+               ((np.float16, 11.0), (np.float32, 88.0), (np.float64, 708.0))}
 
 
 @register
@@ -291,17 +307,20 @@ class Sigmoid(Primitive):
             y, _ = Sigmoid.forward(np.asarray(x, dtype=np.result_type(x, np.float16))[None])
             return y[0], y[0]
         y = np.negative(x)
-        np.minimum(y, _SIGMOID_HI.get(x.dtype, 708.0), out=y)
-        np.exp(y, out=y)
-        y += 1
-        np.reciprocal(y, out=y)  # 1 / (1 + exp(-x)): accurate in both tails
+        hi = _SIGMOID_HI.get(x.dtype)
+        np.minimum(y, 708.0 if hi is None else hi, out=y)
+        np.exp(y, y)
+        np.add(y, ONE[y.dtype], y)
+        np.reciprocal(y, y)  # 1 / (1 + exp(-x)): accurate in both tails
         return y, y
 
     @staticmethod
     def backward(g, y, needs):  # d sigmoid(x) = y (1 - y)
-        d = 1 - y
-        d *= y
-        d *= g
+        if y.ndim == 0:  # ufuncs give scalars for 0-d: no out= there
+            return (g * (y * (1 - y)),)
+        d = np.subtract(ONE[y.dtype], y)
+        np.multiply(d, y, d)
+        np.multiply(d, g, d)
         return (d,)
 
 
@@ -626,36 +645,39 @@ class Gates(Primitive):
             y = np.array(x, dtype=np.result_type(x, np.float16))
         outs = []
         for k, act in enumerate(acts):
-            sl = (Ellipsis, slice(k * n, (k + 1) * n))
+            yk = y[..., k * n:(k + 1) * n]
             if act == "tanh":
-                np.tanh(x[sl], out=y[sl])
+                np.tanh(x[..., k * n:(k + 1) * n], yk)
             elif act == "relu":
-                np.maximum(x[sl], 0, out=y[sl])
+                np.maximum(x[..., k * n:(k + 1) * n], 0, out=yk)
             elif act == "identity" and "sigmoid" in acts:
-                y[sl] = x[sl]
-            outs.append(y[sl])
+                yk[...] = x[..., k * n:(k + 1) * n]
+            outs.append(yk)
         return outs, (y, acts)
 
     @staticmethod
     def backward(gs, saved, needs):
         y, acts = saved
         n = y.shape[-1] // len(acts)
-        d = np.ones_like(y) if "sigmoid" not in acts else 1 - y
-        if "sigmoid" in acts:
-            d *= y  # d sigmoid = y (1 - y); the other chunks are overwritten below
+        if "sigmoid" in acts:  # d sigmoid = y (1 - y); the other chunks are overwritten below
+            d = np.subtract(ONE[y.dtype], y)
+            np.multiply(d, y, d)
+        else:
+            d = np.ones_like(y)
         for k, (act, g) in enumerate(zip(acts, gs)):
-            sl = (Ellipsis, slice(k * n, (k + 1) * n))
+            dk = d[..., k * n:(k + 1) * n]
             if g is None:
-                d[sl] = 0
+                dk[...] = 0
                 continue
             if act == "tanh":  # d tanh = 1 - y^2
-                np.multiply(y[sl], y[sl], out=d[sl])
-                np.subtract(1, d[sl], out=d[sl])
+                yk = y[..., k * n:(k + 1) * n]
+                np.multiply(yk, yk, dk)
+                np.subtract(ONE[y.dtype], dk, dk)
             elif act == "relu":  # d relu = [y > 0]
-                np.greater(y[sl], 0, out=d[sl], casting="unsafe")
+                np.greater(y[..., k * n:(k + 1) * n], 0, out=dk, casting="unsafe")
             elif act == "identity":
-                d[sl] = 1
-            d[sl] *= g
+                dk[...] = 1
+            np.multiply(dk, g, dk)
         return (d,)
 
 
