@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.mem_steps, args.eval_steps, args.batch = 3000, 300, 1000, 8
-        args.k1, args.k2, args.checkpoint_every = 25, 50, 10
+        args.k1, args.k2, args.checkpoint_every = 50, 150, 10
         args.vocab, args.lag, args.lr = 4, 3, 1e-2
     if args.k2 <= args.k1:
         p.error("this example is about TBPTT(k1, k2) with k2 > k1")

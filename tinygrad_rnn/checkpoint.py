@@ -155,7 +155,7 @@ def checkpointed_unroll(step: Callable[..., Any], xs: Tensor, state: Any, every:
         return ops.stack(ys, 0), s
 
     # The segments' outputs are copied into one (T, ...) array as they come; the concat record
-    # keeps only their Ports, so they are never held twice.
+    # keeps only their records, so they are never held twice.
     ports, needs, sizes = [], [], []
     out = None
     start = 0
@@ -173,5 +173,6 @@ def checkpointed_unroll(step: Callable[..., Any], xs: Tensor, state: Any, every:
         del ys_seg
     m = get_mode()
     node = Node(ops.Concat, tuple(ports), (np.cumsum(sizes[:-1]), 0), tuple(needs), None,
-                user_source_line() if m & ANOMALY else None) if m & GRAD and any(needs) else None
+                user_source_line() if m & ANOMALY else None, out.shape, out.dtype
+                ) if m & GRAD and any(needs) else None
     return Tensor._from_op(out, node), state

@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from . import ops
+from .engine import Node, Port
 from .errors import ShapeError
 from .tensor import Tensor
 
@@ -69,11 +70,12 @@ def gradient_flow(model: Callable[..., Any], xs: Any, loss_fn: Callable[..., Ten
 _REARRANGING = ("stack", "concat", "reshape")
 
 
-def _sources(t: Tensor) -> list[Tensor]:
-    """The tensors that `t` merely re-arranges (through stack/concat/reshape), else [t]."""
+def _sources(t: Any) -> list[Any]:
+    """The tensors that `t` merely re-arranges (through stack/concat/reshape), else [t]: each
+    a Tensor or a Port (an input kept by a record), both of which can retain their grad."""
     n = t._node
     if n is None or n.op is None or n.op.name not in _REARRANGING:
-        return [t]
+        return [Port(n, None, n.shape, n.dtype) if type(t) is Node else t]
     return [s for inp in n.inputs if inp.requires_grad for s in _sources(inp)]
 
 

@@ -39,15 +39,23 @@ _seq = itertools.count()
 
 
 class Node:
-    """One record of the tape: `op` applied to `inputs`; `grad` collects d(root)/d(output)."""
+    """One record of the tape: `op` applied to `inputs`; `grad` collects d(root)/d(output).
 
-    __slots__ = ("op", "inputs", "saved", "needs", "seq", "grad", "nout", "where", "retained")
+    A single-output record also stands for its output in the records that use it: they need
+    only where the gradient goes and its shape and dtype, not the data. So an intermediate
+    result nobody saved for backward (a pre-activation, say) is freed as soon as the user drops
+    it, and no extra object is made per input. Leaves are kept as Tensors (their .grad is the
+    destination); an output of a multi-output record is kept as a `Port`."""
 
-    def __init__(self, op: type[Primitive], inputs: tuple[Tensor, ...], saved: Any,
+    __slots__ = ("op", "inputs", "saved", "needs", "seq", "grad", "nout", "where", "retained",
+                 "shape", "dtype")
+    _requires_grad = requires_grad = True
+
+    def __init__(self, op: type[Primitive], inputs: tuple[Any, ...], saved: Any,
                  needs: tuple[bool, ...], nout: int | None = None, where: str | None = None,
-                 ) -> None:
+                 shape: tuple[int, ...] = (), dtype: Any = None) -> None:
         self.op: type[Primitive] | None = op  # None once the record has been freed
-        self.inputs = inputs
+        self.inputs = inputs  # leaf Tensors, Nodes (single-output inputs) and Ports
         self.saved = saved
         self.needs = needs
         self.seq = next(_seq)
@@ -55,26 +63,27 @@ class Node:
         self.grad: Any = None if nout is None else [None] * nout
         self.where = where  # the user's source line, recorded under detect_anomaly
         self.retained: list[Tensor] | None = None
+        self.shape, self.dtype = shape, dtype  # of the (single) output
+
+    @property
+    def _node(self) -> Node:
+        """As an input entry, a record is its own producer (Ports and leaves have _node too)."""
+        return self
 
 
 class Port:
-    """What a record keeps of an input that is itself recorded: where its gradient goes (the
-    producing node and output index) and its shape and dtype — not the Tensor, so not its data.
-    An intermediate result nobody saved for backward (a pre-activation, say) is freed as soon as
-    the user drops it. Leaves are kept as Tensors (their .grad is the destination)."""
+    """What a record keeps of an input that is one output of a multi-output record: that record,
+    the output's index, shape and dtype, not its data (see Node)."""
 
     __slots__ = ("_node", "_idx", "shape", "dtype", "grad")
     _requires_grad = requires_grad = True
 
-    def __init__(self, t: Tensor) -> None:
-        node = self._node = t._node
-        if node is not None and node.nout is not None:
-            self._idx = t._idx
-        self.shape, self.dtype, self.grad = t.data.shape, t.data.dtype, None
+    def __init__(self, node: Node, idx: int | None, shape: tuple[int, ...], dtype: Any) -> None:
+        self._node, self._idx, self.shape, self.dtype, self.grad = node, idx, shape, dtype, None
 
     def retain_grad(self) -> None:
         node = self._node
-        if node is None or node.op is None:
+        if node.op is None:
             raise GraphError("retain_grad: the graph of this tensor was already freed")
         if node.retained is None:
             node.retained = []
@@ -83,12 +92,16 @@ class Port:
 
 
 def port(t: Tensor) -> Any:
-    """What a record stores for input `t`: `t` itself for a leaf, else its (cached) Port."""
-    if t._node is None:
+    """What a record stores for input `t`: the leaf itself, the record that made it, or (for
+    one output of a multi-output record) its cached Port."""
+    node = t._node
+    if node is None:
         return t
+    if node.nout is None:
+        return node
     p = t._port
     if p is None:
-        p = t._port = Port(t)
+        p = t._port = Port(node, t._idx, t.data.shape, t.data.dtype)
     return p
 
 
@@ -223,7 +236,7 @@ def _collect(seeds: list[Node], since: int) -> list[Node]:
                              "tensor as an argument (leaves such as parameters are fine)")
         nodes.append(n)
         for t in n.inputs:
-            m = t._node
+            m = t if type(t) is Node else t._node
             if m is not None and m not in seen:
                 seen.add(m)
                 stack.append(m)
@@ -318,7 +331,7 @@ def _accumulate(t: Tensor, g: Any) -> None:
     """Add gradient `g` (of t's shape and dtype, or Deferred/Pieces) to where t's gradient lives."""
     m = t._node
     if type(g) is Deferred:
-        if m is None and g.a.dtype == g.b.dtype == t.dtype:
+        if m is None and g.a.dtype == g.b.dtype == t.data.dtype:
             _defer(t, g)
             return
         g = g.value().astype(t.dtype, copy=False)
@@ -415,7 +428,7 @@ def run_backward(roots: list[Tensor], grads: list[np.ndarray | None], retain_gra
 def _replay(nodes: list[Node], retain_graph: bool) -> None:
     """The hot loop of backward: one iteration per record, latest first."""
     anomaly = get_mode() & ANOMALY
-    deferred, pending = Deferred, _Pending
+    deferred, pending, node_t, port_t = Deferred, _Pending, Node, Port
     for n in nodes:
         g = n.grad
         if n.nout is None:
@@ -425,7 +438,10 @@ def _replay(nodes: list[Node], retain_graph: bool) -> None:
         else:
             n.grad = [None] * n.nout
             g = [x.total() if type(x) is pending else x for x in g]
-            if all(x is None for x in g):
+            for x in g:
+                if x is not None:
+                    break
+            else:  # no output of this record got a gradient
                 g = None
         if n.retained is not None:
             _store_retained(n, g)
@@ -445,32 +461,41 @@ def _replay(nodes: list[Node], retain_graph: bool) -> None:
                 if type(gi) is deferred or type(gi) is Pieces:
                     _accumulate(t, gi)
                     continue
-                m = t._node
-                if m is None:  # a leaf Tensor
-                    shape, dtype = t.data.shape, t.data.dtype
-                else:  # a Port
+                kind = type(t)
+                if kind is node_t or kind is port_t:
                     shape, dtype = t.shape, t.dtype
+                else:  # a leaf Tensor
+                    shape, dtype = t.data.shape, t.data.dtype
                 if gi.shape != shape:
                     gi = unbroadcast(gi, shape, op.name)  # type: ignore[union-attr]
                 if gi.dtype is not dtype and gi.dtype != dtype:
                     gi = gi.astype(dtype)
-                if m is None:  # a leaf: .grad is ours, so accumulate in place
-                    if t.grad is None:
-                        # a copy: gi may be (a view of) an array kept elsewhere
-                        t.grad = gi.copy() if type(gi) is np.ndarray else np.array(gi)
+                if kind is node_t:  # the common case of _accumulate, inlined
+                    cur = t.grad
+                    if cur is None:
+                        t.grad = gi
+                    elif type(cur) is pending:
+                        cur.append(gi)
                     else:
-                        np.add(t.grad, gi, t.grad)
-                    continue
-                if m.nout is not None:
-                    _accumulate(t, gi)
-                    continue
-                cur = m.grad  # the common case of _accumulate, inlined
-                if cur is None:
-                    m.grad = gi
-                elif type(cur) is pending:
-                    cur.append(gi)
+                        t.grad = pending((cur, gi))
+                elif kind is port_t:
+                    m = t._node
+                    if m.nout is None:  # a Port made by diagnostics for a single output
+                        m.grad = _add_pending(m.grad, gi)
+                    else:
+                        grads, i = m.grad, t._idx
+                        cur = grads[i]
+                        if cur is None:
+                            grads[i] = gi
+                        elif type(cur) is pending:
+                            cur.append(gi)
+                        else:
+                            grads[i] = pending((cur, gi))
+                elif t.grad is None:  # a leaf: .grad is ours, so accumulate in place
+                    # a copy: gi may be (a view of) an array kept elsewhere
+                    t.grad = gi.copy() if type(gi) is np.ndarray else np.array(gi)
                 else:
-                    m.grad = pending((cur, gi))
+                    np.add(t.grad, gi, t.grad)
         if not retain_graph:
             n.op = n.inputs = n.saved = None
 

@@ -180,12 +180,14 @@ class Linear(Primitive):
     @staticmethod
     def forward(x, w, *biases):
         y = x @ w.T
+        shapes = []
         for b in biases:
+            shapes.append(b.shape)
             if b.dtype == y.dtype and b.shape == y.shape[y.ndim - b.ndim:]:
-                y += b  # y is fresh, so adding in place is safe
+                np.add(y, b, y)  # y is fresh, so adding in place is safe
             else:
                 y = y + b
-        return y, (x, w, tuple(b.shape for b in biases))
+        return y, (x, w, shapes)
 
     @staticmethod
     def backward(g, saved, needs):  # dx = G W, dW = G^T X, db = G (summed over broadcast axes)

@@ -79,16 +79,27 @@ class Primitive:
         m = get_mode()
         node = None
         if m & GRAD and True in needs:
-            # the record keeps leaves and Ports, not recorded inputs: their data may go
+            # the record keeps leaves, and records or Ports for recorded inputs: not their data
             if n == 2:
-                ins: tuple[Any, ...] = (a if a._node is None else a._port or port(a),
-                                        b if b._node is None else b._port or port(b))
+                ma, mb = a._node, b._node
+                ins: tuple[Any, ...] = (a if ma is None else ma if ma.nout is None else port(a),
+                                        b if mb is None else mb if mb.nout is None else port(b))
             elif n == 1:
-                ins = (a if a._node is None else a._port or port(a),)
+                ma = a._node
+                ins = (a if ma is None else ma if ma.nout is None else port(a),)
             else:
-                ins = tuple([port(t) for t in inputs])
-            node = Node(cls, ins, saved, needs, None if cls.nout == 1 else len(out),
-                        user_source_line() if m & ANOMALY else None)
+                entries = []
+                for t in inputs:
+                    mt = t._node
+                    entries.append(t if mt is None else mt if mt.nout is None else port(t))
+                ins = tuple(entries)
+            where = user_source_line() if m & ANOMALY else None
+            if cls.nout == 1:
+                if type(out) is not np.ndarray:
+                    out = np.asarray(out)
+                node = Node(cls, ins, saved, needs, None, where, out.shape, out.dtype)
+            else:
+                node = Node(cls, ins, saved, needs, len(out), where)
         if m & ANOMALY:
             where = node.where if node is not None else user_source_line()
             check_finite(cls.name, "output", list(out) if cls.nout is None else [out], where)

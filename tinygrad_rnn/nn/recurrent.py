@@ -132,8 +132,8 @@ class _CellBase(Module):
 
     def _check_state(self, h: Any, xp: Tensor) -> Tensor:
         h = h if isinstance(h, Tensor) else Tensor(np.asarray(h, dtype=xp.dtype))
-        want = xp.shape[:-1] + (self.hidden_size,)
-        if h.shape != want:
+        want = xp.data.shape[:-1] + (self.hidden_size,)
+        if h.data.shape != want:
             raise ShapeError(f"{type(self).__name__}: expected a state of shape {want}, "
                              f"got {h.shape}")
         return h
