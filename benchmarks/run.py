@@ -193,7 +193,7 @@ class CustomLSTMCell(_CustomCell):
         h, c = state
         z = tg.linear(h, self.weight_hh, xp_t)
         i, f, g, o = tg.gates(z, ("sigmoid", "sigmoid", "tanh", "sigmoid"))
-        c = f * c + i * g
+        c = tg.addcmul(f * c, i, g)  # f c + i g
         h = o * c.tanh()
         return h, (h, c)
 
@@ -208,8 +208,8 @@ class CustomGRUCell(_CustomCell):
         x_rz, xn = tg.split(xp_t, [2 * H, H], axis=-1)
         h_rz, hn = tg.split(tg.linear(h, self.weight_hh, self.bias_hh), [2 * H, H], axis=-1)
         r, z = tg.gates(x_rz + h_rz, ("sigmoid", "sigmoid"))
-        n = (xn + r * hn).tanh()
-        h = n + z * (h - n)  # = (1 - z) n + z h, one op fewer
+        n = tg.addcmul(xn, r, hn).tanh()
+        h = tg.lerp(n, h, z)  # (1 - z) n + z h
         return h, h
 
 
@@ -289,7 +289,8 @@ def build_torch_fused(p: Problem) -> Step:
 
 
 def _torch_custom_forward(kind: str, W: dict[str, Any], x: Any) -> Any:
-    """The same cells as an eager PyTorch loop over time; the input projection is hoisted."""
+    """The same cells as an eager PyTorch loop over time; the input projection is hoisted, and
+    where torch has the fused op our cell uses (addmm for tg.linear, addcmul, lerp) it is used."""
     w_ih, w_hh, b_ih, b_hh = (W[n] for n in PARAM_NAMES)
     T, B, _ = x.shape
     h = x.new_zeros(B, w_hh.shape[1])
@@ -297,25 +298,25 @@ def _torch_custom_forward(kind: str, W: dict[str, Any], x: Any) -> Any:
     if kind == "rnn":
         xp = x @ w_ih.T + (b_ih + b_hh)
         for xp_t in xp.unbind(0):
-            h = torch.tanh(xp_t + h @ w_hh.T)
+            h = torch.tanh(torch.addmm(xp_t, h, w_hh.T))
             outs.append(h)
     elif kind == "lstm":
         xp = x @ w_ih.T + (b_ih + b_hh)
         c = h
         for xp_t in xp.unbind(0):
-            i, f, g, o = (xp_t + h @ w_hh.T).chunk(4, dim=-1)
-            c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+            i, f, g, o = torch.addmm(xp_t, h, w_hh.T).chunk(4, dim=-1)
+            c = torch.addcmul(f.sigmoid() * c, i.sigmoid(), g.tanh())
             h = o.sigmoid() * c.tanh()
             outs.append(h)
     else:
         xp = x @ w_ih.T + b_ih
         for xp_t in xp.unbind(0):
             xr, xz, xn = xp_t.chunk(3, dim=-1)
-            hr, hz, hn = (h @ w_hh.T + b_hh).chunk(3, dim=-1)
+            hr, hz, hn = torch.addmm(b_hh, h, w_hh.T).chunk(3, dim=-1)
             r = (xr + hr).sigmoid()
             z = (xz + hz).sigmoid()
-            n = (xn + r * hn).tanh()
-            h = n + z * (h - n)
+            n = torch.addcmul(xn, r, hn).tanh()
+            h = torch.lerp(n, h, z)
             outs.append(h)
     return torch.stack(outs)
 

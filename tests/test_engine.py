@@ -650,6 +650,8 @@ CASES: dict[str, Case] = {
     "sub": Case(lambda a, b: a - b, ((2, 3), (2, 1))),
     "mul": Case(lambda a, b: a * b, ((2, 3), (1, 3))),
     "div": Case(lambda a, b: a / b, ((2, 3), (3,)), lo_last=0.5),
+    "addcmul": Case(lambda a, b, c: tg.addcmul(a, b, c, value=0.5), ((2, 3), (3,), (2, 1))),
+    "lerp": Case(lambda a, b, w: tg.lerp(a, b, w), ((3,), (2, 3), (2, 1))),
     "neg": Case(lambda a: -a, ((2, 3),)),
     "pow": Case(lambda a: a ** 1.5, ((2, 3),), lo=0.5),
     "matmul": Case(lambda a, b: a @ b, ((2, 3), (3, 4))),

@@ -163,6 +163,19 @@ def where_case(draw: Any) -> Case:
 
 
 @st.composite
+def ternary(draw: Any) -> Case:
+    """Three float arrays whose shapes broadcast together (addcmul, lerp)."""
+    shapes = draw(tst.broadcasting_shapes(3))
+    return Case(tuple(draw(tst.arrays(s)) for s in shapes))
+
+
+@st.composite
+def addcmul_case(draw: Any) -> Case:
+    case = draw(ternary())
+    return Case(case.inputs, {"value": draw(st.sampled_from([1, 0.5, -2.0]))})
+
+
+@st.composite
 def maximum_case(draw: Any) -> Case:
     sa, sb = draw(tst.broadcasting_shapes(2))
     a, b = draw(grid(sa)), draw(grid(sb, offset=0.1))  # |a - b| >= 0.1 everywhere
@@ -397,6 +410,9 @@ SPECS: dict[str, Spec] = {
     "sub": Spec(binary(), lambda a, b: a - b, np.subtract),
     "mul": Spec(binary(), lambda a, b: a * b, np.multiply),
     "div": Spec(binary(b_min_magnitude=0.5), lambda a, b: a / b, np.divide),
+    "addcmul": Spec(addcmul_case(), lambda a, b, c, value: tg.addcmul(a, b, c, value=value),
+                    lambda a, b, c, value: a + value * (b * c)),
+    "lerp": Spec(ternary(), tg.lerp, lambda a, b, w: a + w * (b - a)),
     "neg": Spec(unary(), lambda x: -x, np.negative),
     "pow": Spec(pow_case(), _pow, _pow),
     "matmul": Spec(matmul_case(), lambda a, b: a @ b, np.matmul),
@@ -572,6 +588,20 @@ def test_split_sizes_follow_torch_split() -> None:
     assert [p.shape for p in tg.split(x, 3, axis=1)] == [(2, 3), (2, 3), (2, 1)]
     assert [p.shape for p in x.split([4, 0, 3], axis=-1)] == [(2, 4), (2, 0), (2, 3)]
     assert [p.shape for p in tg.split(x, 5)] == [(2, 7)]
+
+
+def test_lerp_with_a_number_weight_and_addcmul_value_match_torch_semantics() -> None:
+    a = tg.Tensor(np.array([1.0, -2.0, 3.0]), requires_grad=True)
+    b = tg.Tensor(np.array([[0.5], [4.0]]), requires_grad=True)
+    y = tg.lerp(a, b, 0.25)  # broadcasts to (2, 3); the weight is a constant
+    assert y.shape == (2, 3) and y.dtype == np.float64
+    np.testing.assert_allclose(y.data, 0.75 * a.data + 0.25 * b.data)
+    y.sum().backward()
+    np.testing.assert_allclose(a.grad, [1.5, 1.5, 1.5])  # 0.75 from each of the 2 rows
+    np.testing.assert_allclose(b.grad, [[0.75], [0.75]])  # 0.25 from each of the 3 columns
+    x32 = tg.Tensor(np.ones(3, np.float32))
+    assert tg.addcmul(x32, x32, x32, value=-2.0).dtype == np.float32  # the number does not upcast
+    np.testing.assert_array_equal(tg.addcmul(x32, x32 * 3.0, x32, value=-2.0).data, [-5.0] * 3)
 
 
 ZERO_D = {  # name -> (build, numpy reference, value)

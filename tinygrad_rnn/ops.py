@@ -70,6 +70,58 @@ class Mul(_Elementwise):
         return (g * b if needs[0] else None), (g * a if needs[1] else None)
 
 
+def _add_into(y: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """y + a, in place when y is a fresh array that already has the result's shape and dtype."""
+    if a.shape == y.shape and a.dtype == y.dtype and y.ndim:
+        np.add(y, a, y)
+        return y
+    return a + y
+
+
+@register
+class Addcmul(_Elementwise):
+    """a + value * b * c (PyTorch's addcmul) as one record, e.g. an LSTM's c' = f c + i g as
+    addcmul(f * c, i, g): one record and one temporary fewer than a product and a sum."""
+
+    name = "addcmul"
+
+    @staticmethod
+    def forward(a, b, c, value=1):
+        y = b * c
+        if value != 1:
+            y = y * value
+        return _add_into(y, a), (b, c, value)
+
+    @staticmethod
+    def backward(g, saved, needs):  # d = da + value (c db + b dc)
+        b, c, value = saved
+        if value != 1:
+            g2 = g * value
+        else:
+            g2 = g
+        return g, (g2 * c if needs[1] else None), (g2 * b if needs[2] else None)
+
+
+@register
+class Lerp(_Elementwise):
+    """a + w (b - a) (PyTorch's lerp) as one record, e.g. a GRU's h' = (1 - z) n + z h as
+    lerp(n, h, z)."""
+
+    name = "lerp"
+
+    @staticmethod
+    def forward(a, b, w):
+        d = b - a
+        return _add_into(w * d, a), (w, d)
+
+    @staticmethod
+    def backward(g, saved, needs):  # d = (1 - w) da + w db + (b - a) dw
+        w, d = saved
+        gb = g * w
+        ga = (g - gb) if needs[0] else None
+        return ga, (gb if needs[1] else None), (g * d if needs[2] else None)
+
+
 @register
 class Div(_Elementwise):
     name = "div"
@@ -742,6 +794,19 @@ def abs(x: Any) -> Tensor:  # noqa: A001 - mirrors np.abs / torch.abs
 
 def matmul(a: Any, b: Any) -> Tensor:
     return _t(a) @ b
+
+
+def addcmul(x: Any, t1: Any, t2: Any, value: float = 1) -> Tensor:
+    """x + value * t1 * t2, elementwise with broadcasting, as one record (torch.addcmul)."""
+    x = _t(x)
+    return Addcmul.apply(x, _const(t1, x), _const(t2, x), value=_py(value))
+
+
+def lerp(start: Any, end: Any, weight: Any) -> Tensor:
+    """start + weight * (end - start), elementwise with broadcasting, as one record (torch.lerp).
+    weight may be a Tensor (differentiated) or a number."""
+    start = _t(start)
+    return Lerp.apply(start, _const(end, start), _const(weight, start))
 
 
 def linear(x: Any, weight: Any, *biases: Any) -> Tensor:

@@ -206,7 +206,7 @@ class LSTMCell(_CellBase):
                                  f"{_describe(state)}")
             h, c = self._check_state(state[0], xp), self._check_state(state[1], xp)
         i, f, g, o = ops.gates(self._recurrent(h, xp), ("sigmoid", "sigmoid", "tanh", "sigmoid"))
-        c = f * c + i * g
+        c = ops.addcmul(f * c, i, g)  # f c + i g in two records, not three
         h = o * c.tanh()
         return h, (h, c)
 
@@ -223,8 +223,8 @@ class GRUCell(_CellBase):
         x_rz, xn = ops.split(xp, [2 * H, H], axis=-1)
         h_rz, hn = ops.split(self._recurrent(h), [2 * H, H], axis=-1)
         r, z = ops.gates(x_rz + h_rz, ("sigmoid", "sigmoid"))
-        n = (xn + r * hn).tanh()
-        h = n + z * (h - n)
+        n = ops.addcmul(xn, r, hn).tanh()
+        h = ops.lerp(n, h, z)  # (1 - z) n + z h
         return h, h
 
 
