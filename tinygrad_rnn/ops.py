@@ -751,10 +751,12 @@ class Unbind(Primitive):
     @staticmethod
     def backward(gs, saved, needs):  # stack the slices' gradients; unused slices give zeros
         dtype, shape, axis = saved
-        gx = np.zeros(shape, dtype=dtype)
-        view = np.moveaxis(gx, axis, 0)
+        gx = np.empty(shape, dtype=dtype)  # every slice is written below: no zero-fill pass
+        view = gx if axis == 0 else np.moveaxis(gx, axis, 0)
         for i, g in enumerate(gs):
-            if g is not None:
+            if g is None:
+                view[i] = 0
+            else:
                 view[i] = g
         return (gx,)
 

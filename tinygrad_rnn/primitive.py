@@ -23,6 +23,7 @@ from .errors import ShapeError
 from .tensor import Tensor
 
 REGISTRY: dict[str, type[Primitive]] = {}
+_new = object.__new__
 
 
 def register(cls: type[Primitive]) -> type[Primitive]:
@@ -56,11 +57,12 @@ class Primitive:
         try:  # the arity is spelled out: a comprehension here costs as much as the numpy call
             if n == 2:
                 a, b = inputs
-                out, saved = cls.forward(a.data, b.data, **params)
+                out, saved = (cls.forward(a.data, b.data, **params) if params else
+                              cls.forward(a.data, b.data))
                 needs = (a._requires_grad, b._requires_grad)
             elif n == 1:
                 a = inputs[0]
-                out, saved = cls.forward(a.data, **params)
+                out, saved = cls.forward(a.data, **params) if params else cls.forward(a.data)
                 needs = (a._requires_grad,)
             else:
                 arrays, flags = [], []
@@ -103,8 +105,13 @@ class Primitive:
         if m & ANOMALY:
             where = node.where if node is not None else user_source_line()
             check_finite(cls.name, "output", list(out) if cls.nout is None else [out], where)
-        if cls.nout == 1:
-            return Tensor._from_op(out, node)
+        if cls.nout == 1:  # Tensor._from_op, inlined: this runs once per operation
+            t = _new(Tensor)
+            t.data = out if type(out) is np.ndarray else np.asarray(out)
+            t.grad = t._port = None
+            t._node = node
+            t._requires_grad = node is not None
+            return t
         outs = []
         for i, o in enumerate(out):
             t = Tensor._from_op(o, node)
