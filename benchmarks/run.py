@@ -203,12 +203,17 @@ class CustomGRUCell(_CustomCell):
 
     gates = 3
 
-    def forward(self, xp_t: tg.Tensor, h: tg.Tensor) -> tuple[tg.Tensor, tg.Tensor]:
-        H = self.hidden_size
-        x_rz, xn = tg.split(xp_t, [2 * H, H], axis=-1)
-        h_rz, hn = tg.split(tg.linear(h, self.weight_hh, self.bias_hh), [2 * H, H], axis=-1)
-        r, z = tg.gates(x_rz + h_rz, ("sigmoid", "sigmoid"))
-        n = tg.addcmul(xn, r, hn).tanh()
+    def project(self, xs: tg.Tensor) -> Any:
+        """The projection and its n part; the step gets a slice of each."""
+        xp = super().project(xs)
+        return xp, xp[..., 2 * self.hidden_size:]
+
+    def forward(self, xp_t: Any, h: tg.Tensor) -> tuple[tg.Tensor, tg.Tensor]:
+        xp_t, xn = xp_t
+        # r, z pre-activations and a = xn + W_hn h + b_hn, in one linear and one gates record
+        r, z, a = tg.gates(tg.linear(h, self.weight_hh, xp_t, self.bias_hh),
+                           ("sigmoid", "sigmoid", "identity"))
+        n = tg.lerp(xn, a, r).tanh()  # tanh(xn + r (W_hn h + b_hn))
         h = tg.lerp(n, h, z)  # (1 - z) n + z h
         return h, h
 

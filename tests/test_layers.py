@@ -613,6 +613,21 @@ class HoistedGated(MinimalGated):
         return h, h
 
 
+class TupleHoistedGated(MinimalGated):
+    """The same cell whose `project` returns the two projections as a tuple: each step gets a
+    tuple of their slices."""
+
+    def project(self, xs: Any) -> Any:
+        return xs @ self.Wz, xs @ self.Wh
+
+    def forward(self, xp: Any, h: Any) -> tuple[Any, Any]:
+        xz, xh = xp
+        h = self._zeros(xz) if h is None else h
+        z = (xz + h @ self.Uz).sigmoid()
+        h = (1 - z) * h + z * (xh + h @ self.Uh).tanh()
+        return h, h
+
+
 def minimal_gated_numpy(cell: MinimalGated, xs: np.ndarray, h: np.ndarray) -> tuple:
     ys = []
     for x in xs:
@@ -668,6 +683,23 @@ def test_custom_cell_with_project_equals_plain() -> None:
     for a, b in zip(grads[0][0] + grads[0][1], grads[1][0] + grads[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
     assert gradcheck(lambda x, h: nn.unroll(hoisted, x, h), [xs, h0])
+
+
+@pytest.mark.parametrize("checkpoint_every", [None, 3])
+def test_custom_cell_project_may_return_a_tuple(checkpoint_every: Any) -> None:
+    T, B, I, H = 7, 2, 3, 4  # noqa: E741
+    plain, tupled = MinimalGated(I, H, seed=6), TupleHoistedGated(I, H, seed=6)
+    xs, h0 = rng(7).standard_normal((T, B, I)), rng(8).standard_normal((B, H))
+    want = minimal_gated_numpy(plain, xs, h0)
+    assert_tree_close(nn.unroll(tupled, xs, h0, checkpoint_every=checkpoint_every), want)
+    loss = projection(nn.unroll(plain, xs, h0), seed=9)
+    grads = []
+    for cell, every in ((plain, None), (tupled, checkpoint_every)):
+        x, h = tg.Tensor(xs, requires_grad=True), tg.Tensor(h0, requires_grad=True)
+        loss(nn.unroll(cell, x, h, checkpoint_every=every)).backward()
+        grads.append([x.grad, h.grad] + [p.grad for p in cell.parameters()])
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
 
 
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])

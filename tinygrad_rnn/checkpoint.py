@@ -136,8 +136,24 @@ def checkpoint(fn: Callable[..., Any], *args: Any) -> Any:
     return _unflatten(saved[4], tensors)
 
 
+def _as_tensors(tree: Any) -> Any:
+    if tree is None or isinstance(tree, Tensor):
+        return tree
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_as_tensors(t) for t in tree)
+    return Tensor(tree)
+
+
+def time_slices(xs: Any) -> Any:
+    """The per-step inputs of a projected sequence: xs's slices along axis 0, or, for a tuple of
+    (T, ...) tensors (a cell's `project` may return several), tuples of their slices."""
+    if isinstance(xs, (tuple, list)):
+        return zip(*[ops.unbind(x, 0) for x in xs])
+    return ops.unbind(xs, 0)
+
+
 def checkpointed_unroll(step: Callable[..., Any], xs: Tensor, state: Any, every: int,
-                        project: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Any]:
+                        project: Callable[[Tensor], Any] | None = None) -> tuple[Tensor, Any]:
     """`unroll`'s loop in segments of `every` steps, each segment (its input projection
     included) under `checkpoint`: only the states at segment boundaries are kept; a segment's
     inner graph is rebuilt during backward."""
@@ -146,10 +162,8 @@ def checkpointed_unroll(step: Callable[..., Any], xs: Tensor, state: Any, every:
 
     def segment(spec: Any, xs_seg: Tensor, *flat_state: Tensor) -> Any:
         s = _unflatten(spec, list(flat_state)) if spec is not None else None
-        if project is not None:
-            xs_seg = project(xs_seg)
         ys = []
-        for x_t in ops.unbind(xs_seg, 0):
+        for x_t in time_slices(project(xs_seg) if project is not None else xs_seg):
             y, s = step(x_t, s)
             ys.append(y)
         return ops.stack(ys, 0), s
@@ -159,6 +173,7 @@ def checkpointed_unroll(step: Callable[..., Any], xs: Tensor, state: Any, every:
     ports, needs, sizes = [], [], []
     out = None
     start = 0
+    state = _as_tensors(state)  # a numpy state is a constant the segments pass on as a Tensor
     for xs_seg in ops.split(xs, int(every), axis=0):
         flat: list[Tensor] = []
         spec = _flatten(state, flat) if state is not None else None

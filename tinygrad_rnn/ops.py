@@ -723,14 +723,15 @@ class Gates(Primitive):
             if g is None:
                 dk[...] = 0
                 continue
+            if act == "identity":
+                dk[...] = g
+                continue
             if act == "tanh":  # d tanh = 1 - y^2
                 yk = y[..., k * n:(k + 1) * n]
                 np.multiply(yk, yk, dk)
                 np.subtract(ONE[y.dtype], dk, dk)
             elif act == "relu":  # d relu = [y > 0]
                 np.greater(y[..., k * n:(k + 1) * n], 0, out=dk, casting="unsafe")
-            elif act == "identity":
-                dk[...] = 1
             np.multiply(dk, g, dk)
         return (d,)
 

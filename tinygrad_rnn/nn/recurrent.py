@@ -6,7 +6,8 @@ tuple/list of Tensors. Optionally it may also have
   PyTorch's one-step signature, define it);
 - `project(xs)`: applied once to the whole (T, B, I) sequence before the loop, its result sliced
   per step and passed to `step` — this is how the input projection of every time step becomes one
-  matmul. Custom cells can define it the same way;
+  matmul. It may return a tuple of (T, ...) tensors; `step` then gets a tuple of their slices.
+  Custom cells can define it the same way;
 - `initial_state(batch_size)`: the state used when `state=None` (otherwise None is passed on).
 Backpropagation through time is just the tape; nothing here has a hand-written backward.
 """
@@ -19,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import ops
+from ..checkpoint import time_slices
 from ..errors import ShapeError
 from ..random import rng
 from ..tensor import Tensor
@@ -57,10 +59,8 @@ def unroll(cell: Callable[..., Any], xs: Any, state: State = None, batch_first: 
         from ..checkpoint import checkpointed_unroll
         ys, state = checkpointed_unroll(step, xs, state, checkpoint_every, project)
     else:
-        if project is not None:
-            xs = project(xs)
         ys_list = []
-        for x_t in ops.unbind(xs, 0):
+        for x_t in time_slices(project(xs) if project is not None else xs):
             y, state = step(x_t, state)
             ys_list.append(y)
         ys = ops.stack(ys_list, 0)
@@ -145,9 +145,8 @@ class _CellBase(Module):
                              f"{self.input_size}) or ({self.input_size},), got {x.shape}")
         return x
 
-    # RNN and LSTM add b_hh straight to the pre-activation, so it joins b_ih in the projection
-    # of the whole sequence: one add and one bias-gradient sum per step fewer. GRU cannot: its
-    # b_hn sits inside r * (W_hn h + b_hn).
+    # b_hh joins b_ih in the projection of the whole sequence: one add and one bias-gradient
+    # sum per step fewer (GRU's b_hn, which sits inside r (W_hn h + b_hn), see GRUCell).
     fold_bias_hh = True
 
     def project(self, xs: Tensor) -> Tensor:
@@ -215,15 +214,22 @@ class GRUCell(_CellBase):
     """Gates r, z, n: n = tanh(W_in x + b_in + r (W_hn h + b_hn)), h' = (1 - z) n + z h."""
 
     gates = 3
+    # b_hh stays in the step: b_hn must not reach xn. (Folding it and subtracting b_hn from
+    # xn again sums b_hn's gradient once per projection, which breaks checkpoint's bit-identity.)
     fold_bias_hh = False
 
-    def step(self, xp: Tensor, state: State) -> tuple[Tensor, State]:
+    def project(self, xs: Tensor) -> tuple[Tensor, Tensor]:
+        """(x W_ih^T + b_ih, its n part x W_in^T + b_in): (..., I) -> ((..., 3H), (..., H))."""
+        xp = super().project(xs)
+        return xp, xp[..., 2 * self.hidden_size:]
+
+    def step(self, xp: Any, state: State) -> tuple[Tensor, State]:
+        xp, xn = xp
         h = self._zeros(xp) if state is None else self._check_state(state, xp)
-        H = self.hidden_size
-        x_rz, xn = ops.split(xp, [2 * H, H], axis=-1)
-        h_rz, hn = ops.split(self._recurrent(h), [2 * H, H], axis=-1)
-        r, z = ops.gates(x_rz + h_rz, ("sigmoid", "sigmoid"))
-        n = ops.addcmul(xn, r, hn).tanh()
+        # one linear and one gates record for all three: r, z get x_rz + h_rz + b_rz, and the
+        # n part is a = xn + W_hn h + b_hn, so xn + r (W_hn h + b_hn) = lerp(xn, a, r)
+        r, z, a = ops.gates(self._recurrent(h, xp), ("sigmoid", "sigmoid", "identity"))
+        n = ops.lerp(xn, a, r).tanh()
         h = ops.lerp(n, h, z)  # (1 - z) n + z h
         return h, h
 
