@@ -482,15 +482,15 @@ def _replay(nodes: list[Node], retain_graph: bool) -> None:
                     m = t._node
                     if m.nout is None:  # a Port made by diagnostics for a single output
                         m.grad = _add_pending(m.grad, gi)
-                    else:
-                        grads, i = m.grad, t._idx
-                        cur = grads[i]
+                    else:  # no local for m.grad: it would keep a replayed list of T arrays alive
+                        i = t._idx
+                        cur = m.grad[i]
                         if cur is None:
-                            grads[i] = gi
+                            m.grad[i] = gi
                         elif type(cur) is pending:
                             cur.append(gi)
                         else:
-                            grads[i] = pending((cur, gi))
+                            m.grad[i] = pending((cur, gi))
                 elif t.grad is None:  # a leaf: .grad is ours, so accumulate in place
                     # a copy: gi may be (a view of) an array kept elsewhere
                     t.grad = gi.copy() if type(gi) is np.ndarray else np.array(gi)
