@@ -345,10 +345,12 @@ class _Constants(dict):
 
 
 ONE = _Constants(1)
-# exp(-x) overflows for x below these; clamping there changes sigmoid by less than the smallest
-# normal number, and avoids overflow warnings
-_SIGMOID_HI = {np.dtype(t): np.array(v, dtype=t) for t, v in
-               ((np.float16, 11.0), (np.float32, 88.0), (np.float64, 708.0))}
+# below -these, sigmoid is smaller than the smallest normal number; clamping there avoids exp's
+# overflow warning and changes nothing that a normal float can show. (np.errstate instead would
+# save the clamp's pass on large arrays but costs ~2 us per call; a size switch would make the
+# value of sigmoid(-100) depend on the array's size.)
+_EXP_MAX = {np.dtype(t): np.array(v, dtype=t) for t, v in
+            ((np.float16, 11.0), (np.float32, 88.0), (np.float64, 708.0))}
 
 
 @register
@@ -361,8 +363,7 @@ class Sigmoid(Primitive):
             y, _ = Sigmoid.forward(np.asarray(x, dtype=np.result_type(x, np.float16))[None])
             return y[0], y[0]
         y = np.negative(x)
-        hi = _SIGMOID_HI.get(x.dtype)
-        np.minimum(y, 708.0 if hi is None else hi, out=y)
+        np.minimum(y, _EXP_MAX.get(y.dtype, 708.0), out=y)
         np.exp(y, y)
         np.add(y, ONE[y.dtype], y)
         np.reciprocal(y, y)  # 1 / (1 + exp(-x)): accurate in both tails
@@ -685,7 +686,8 @@ class Gates(Primitive):
 
     Gated cells split a pre-activation into gates and squash each (LSTM: sigmoid, sigmoid,
     tanh, sigmoid). Doing it here costs one pass of exp over all gates instead of a split and
-    one primitive per gate, forward and backward. Outputs are views of one array."""
+    one primitive per gate, forward and backward. Outputs are views of one array (an identity
+    chunk: of the input)."""
 
     name = "gates"
     nout = None
@@ -704,6 +706,8 @@ class Gates(Primitive):
                 np.tanh(x[..., k * n:(k + 1) * n], yk)
             elif act == "relu":
                 np.maximum(x[..., k * n:(k + 1) * n], 0, out=yk)
+            elif act == "identity" and x.dtype == y.dtype:
+                yk = x[..., k * n:(k + 1) * n]  # a view of the input: no copy (backward needs no y)
             elif act == "identity" and "sigmoid" in acts:
                 yk[...] = x[..., k * n:(k + 1) * n]
             outs.append(yk)
