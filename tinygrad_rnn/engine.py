@@ -337,7 +337,8 @@ def _accumulate(t: Tensor, g: Any) -> None:
         g = g.value().astype(t.dtype, copy=False)
     elif type(g) is Pieces:
         if m is None:  # a leaf: fold the pieces in, in order, with one numpy call
-            parts = [p.astype(t.dtype, copy=False) for p in g]
+            dtype = t.data.dtype
+            parts = [p.astype(dtype, copy=False) for p in g]
             if t.grad is not None:
                 parts.insert(0, t.grad)
             t.grad = np.add.accumulate(np.stack(parts), axis=0)[-1].copy()
