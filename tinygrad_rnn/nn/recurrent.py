@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import ops
-from ..checkpoint import time_slices
+from ..checkpoint import checkpointed_unroll, time_slices
 from ..errors import ShapeError
 from ..random import rng
 from ..tensor import Tensor
@@ -56,7 +56,6 @@ def unroll(cell: Callable[..., Any], xs: Any, state: State = None, batch_first: 
         state = cell.initial_state(xs.shape[1])
     project = getattr(cell, "project", None)
     if checkpoint_every is not None:  # projects segment by segment: memory stays O(T/k + k)
-        from ..checkpoint import checkpointed_unroll
         ys, state = checkpointed_unroll(step, xs, state, checkpoint_every, project)
     else:
         ys_list = []
