@@ -219,29 +219,23 @@ _FREED = ("backward: trying to backward through a graph a second time: its recor
 def _collect(seeds: list[Node], since: int) -> list[Node]:
     """The tape below `seeds`: every reachable node, latest recorded first. Nodes recorded before
     sequence number `since` belong to an enclosing graph and must not be reached."""
-    nodes: list[Node] = []
-    seen: set[Node] = set()
-    stack: list[Node] = []
-    for m in seeds:
-        if m not in seen:
-            seen.add(m)
-            stack.append(m)
+    seen: set[Node] = set(seeds)
+    stack = list(seen)
+    add, push, pop, node_t = seen.add, stack.append, stack.pop, Node  # locals: once per record
     while stack:
-        n = stack.pop()
+        n = pop()
         if n.op is None:
             raise GraphError(_FREED)
-        if n.seq < since:
+        if since and n.seq < since:  # stop at the boundary, before reaching freed records
             raise GraphError("checkpoint: the checkpointed function uses a tensor that was "
                              "computed outside it and is not one of its arguments; pass that "
                              "tensor as an argument (leaves such as parameters are fine)")
-        nodes.append(n)
         for t in n.inputs:
-            m = t if type(t) is Node else t._node
+            m = t if type(t) is node_t else t._node
             if m is not None and m not in seen:
-                seen.add(m)
-                stack.append(m)
-    nodes.sort(key=_seq_of, reverse=True)
-    return nodes
+                add(m)
+                push(m)
+    return sorted(seen, key=_seq_of, reverse=True)
 
 
 _seq_of = operator.attrgetter("seq")  # a C-level key: sorting 10^5 records calls it per record
