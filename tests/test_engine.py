@@ -384,6 +384,54 @@ def test_backward_frees_the_graph() -> None:
     assert x.grad is not None and w.grad is not None
 
 
+class _Probe(tg.Primitive):
+    """Identity whose backward hands the engine a fresh gradient array and keeps a weak
+    reference to it (test-only; not registered)."""
+
+    name = "probe"
+    refs: list[weakref.ref] = []
+
+    @staticmethod
+    def forward(x: np.ndarray) -> tuple[np.ndarray, None]:
+        return x, None
+
+    @staticmethod
+    def backward(g: np.ndarray, saved: None, needs: tuple[bool, ...]) -> tuple[np.ndarray]:
+        fresh = g.copy()
+        _Probe.refs.append(weakref.ref(fresh))
+        return (fresh,)
+
+
+class _Count(tg.Primitive):
+    """Identity that, when its backward runs, counts the _Probe gradients still alive."""
+
+    name = "count"
+    alive: list[int] = []
+
+    @staticmethod
+    def forward(x: np.ndarray) -> tuple[np.ndarray, None]:
+        return x, None
+
+    @staticmethod
+    def backward(g: np.ndarray, saved: None, needs: tuple[bool, ...]) -> tuple[np.ndarray]:
+        _Count.alive.append(sum(r() is not None for r in _Probe.refs))
+        return (g,)
+
+
+def test_a_replayed_multi_output_record_lets_its_gradients_go() -> None:
+    """unbind's per-slice gradients are copied into one array when unbind is replayed; by the
+    time the record below it runs, the engine must hold none of them (a local in the replay
+    loop once kept the whole list alive until backward returned)."""
+    _Probe.refs.clear()
+    _Count.alive.clear()
+    xs = tg.Tensor(np.ones((5, 2, 3)), requires_grad=True)
+    slices = tg.unbind(_Count.apply(xs), 0)
+    out = tg.stack([_Probe.apply(s) * 2.0 for s in slices])
+    out.sum().backward()
+    assert len(_Probe.refs) == 5 and _Count.alive == [0]
+    np.testing.assert_array_equal(xs.grad, np.full((5, 2, 3), 2.0))
+
+
 def test_retain_graph_keeps_the_records_until_a_final_backward() -> None:
     rng = np.random.default_rng(6)
     x = tg.Tensor(_rand(rng, (2, 3)), requires_grad=True)

@@ -433,10 +433,7 @@ def _replay(nodes: list[Node], retain_graph: bool) -> None:
         else:
             n.grad = [None] * n.nout
             g = [x.total() if type(x) is pending else x for x in g]
-            for x in g:
-                if x is not None:
-                    break
-            else:  # no output of this record got a gradient
+            if all(x is None for x in g):  # a generator: a loop variable would keep x alive
                 g = None
         if n.retained is not None:
             _store_retained(n, g)
