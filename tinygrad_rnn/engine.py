@@ -462,27 +462,21 @@ def _replay(nodes: list[Node], retain_graph: bool) -> None:
                     gi = unbroadcast(gi, shape, op.name)  # type: ignore[union-attr]
                 if gi.dtype is not dtype and gi.dtype != dtype:
                     gi = gi.astype(dtype)
-                if kind is node_t:  # the common case of _accumulate, inlined
-                    cur = t.grad
-                    if cur is None:
+                # _accumulate inlined for the common cases. No local may keep a gradient: it
+                # would stay alive after its record is replayed (tested in test_engine).
+                if kind is node_t:
+                    if t.grad is None:
                         t.grad = gi
-                    elif type(cur) is pending:
-                        cur.append(gi)
+                    elif type(t.grad) is pending:
+                        t.grad.append(gi)
                     else:
-                        t.grad = pending((cur, gi))
+                        t.grad = pending((t.grad, gi))
                 elif kind is port_t:
                     m = t._node
                     if m.nout is None:  # a Port made by diagnostics for a single output
                         m.grad = _add_pending(m.grad, gi)
-                    else:  # no local for m.grad: it would keep a replayed list of T arrays alive
-                        i = t._idx
-                        cur = m.grad[i]
-                        if cur is None:
-                            m.grad[i] = gi
-                        elif type(cur) is pending:
-                            cur.append(gi)
-                        else:
-                            m.grad[i] = pending((cur, gi))
+                    else:
+                        m.grad[t._idx] = _add_pending(m.grad[t._idx], gi)
                 elif t.grad is None:  # a leaf: .grad is ours, so accumulate in place
                     # a copy: gi may be (a view of) an array kept elsewhere
                     t.grad = gi.copy() if type(gi) is np.ndarray else np.array(gi)
