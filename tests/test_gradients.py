@@ -599,8 +599,10 @@ def test_lerp_with_a_number_weight_and_addcmul_value_match_torch_semantics() -> 
     y.sum().backward()
     np.testing.assert_allclose(a.grad, [1.5, 1.5, 1.5])  # 0.75 from each of the 2 rows
     np.testing.assert_allclose(b.grad, [[0.75], [0.75]])  # 0.25 from each of the 3 columns
+    np.testing.assert_array_equal(a.lerp(b, 0.25).data, y.data)  # the method form
     x32 = tg.Tensor(np.ones(3, np.float32))
     assert tg.addcmul(x32, x32, x32, value=-2.0).dtype == np.float32  # the number does not upcast
+    np.testing.assert_array_equal(x32.addcmul(x32 * 3.0, x32, value=-2.0).data, [-5.0] * 3)
     np.testing.assert_array_equal(tg.addcmul(x32, x32 * 3.0, x32, value=-2.0).data, [-5.0] * 3)
 
 

@@ -257,6 +257,14 @@ class Tensor:
     def maximum(self, other: Any) -> Tensor:
         return maximum(self, other)
 
+    def addcmul(self, t1: Any, t2: Any, value: float = 1) -> Tensor:
+        """self + value * t1 * t2, one record (torch.Tensor.addcmul)."""
+        return addcmul(self, t1, t2, value)
+
+    def lerp(self, end: Any, weight: Any) -> Tensor:
+        """self + weight * (end - self), one record (torch.Tensor.lerp)."""
+        return lerp(self, end, weight)
+
     def sum(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
         return Sum.apply(self, axis=axis, keepdims=keepdims)
 
@@ -339,6 +347,6 @@ def _index(index: Any) -> Any:
 # the primitives need Tensor, so they are imported after it is defined
 from .ops import (  # noqa: E402
     Abs, Add, Div, Exp, GetItem, Log, LogSumExp, MatMul, Max, Mean, Mul, Neg, Relu, Sigmoid,
-    Sqrt, Sub, Sum, Tanh, Transpose, chunk, clip, exp, maximum, pow, reshape, split, swapaxes,
-    transpose, unbind,
+    Sqrt, Sub, Sum, Tanh, Transpose, addcmul, chunk, clip, exp, lerp, maximum, pow, reshape, split,
+    swapaxes, transpose, unbind,
 )
