@@ -384,16 +384,19 @@ def test_backward_frees_the_graph() -> None:
     assert x.grad is not None and w.grad is not None
 
 
-class _Probe(tg.Primitive):
-    """Identity whose backward hands the engine a fresh gradient array and keeps a weak
-    reference to it (test-only; not registered)."""
-
-    name = "probe"
-    refs: list[weakref.ref] = []
+class _Identity(tg.Primitive):
+    """Test-only identity primitives (not registered); subclasses differ in their backward."""
 
     @staticmethod
     def forward(x: np.ndarray) -> tuple[np.ndarray, None]:
         return x, None
+
+
+class _Probe(_Identity):
+    """Hands the engine a fresh gradient array and keeps a weak reference to it."""
+
+    name = "probe"
+    refs: list[weakref.ref] = []
 
     @staticmethod
     def backward(g: np.ndarray, saved: None, needs: tuple[bool, ...]) -> tuple[np.ndarray]:
@@ -402,15 +405,11 @@ class _Probe(tg.Primitive):
         return (fresh,)
 
 
-class _Count(tg.Primitive):
-    """Identity that, when its backward runs, counts the _Probe gradients still alive."""
+class _Count(_Identity):
+    """When its backward runs, counts the _Probe gradients still alive."""
 
     name = "count"
     alive: list[int] = []
-
-    @staticmethod
-    def forward(x: np.ndarray) -> tuple[np.ndarray, None]:
-        return x, None
 
     @staticmethod
     def backward(g: np.ndarray, saved: None, needs: tuple[bool, ...]) -> tuple[np.ndarray]:
