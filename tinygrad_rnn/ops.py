@@ -721,7 +721,7 @@ class Gates(Primitive):
             d = np.subtract(ONE[y.dtype], y)
             np.multiply(d, y, d)
         else:
-            d = np.ones_like(y)
+            d = np.empty_like(y)  # every chunk is written below
         for k, (act, g) in enumerate(zip(acts, gs)):
             dk = d[..., k * n:(k + 1) * n]
             if g is None:
