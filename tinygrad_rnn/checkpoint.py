@@ -136,14 +136,6 @@ def checkpoint(fn: Callable[..., Any], *args: Any) -> Any:
     return _unflatten(saved[4], tensors)
 
 
-def _as_tensors(tree: Any) -> Any:
-    if tree is None or isinstance(tree, Tensor):
-        return tree
-    if isinstance(tree, (tuple, list)):
-        return type(tree)(_as_tensors(t) for t in tree)
-    return Tensor(tree)
-
-
 def time_slices(xs: Any) -> Any:
     """The per-step inputs of a projected sequence: xs's slices along axis 0, or, for a tuple of
     (T, ...) tensors (a cell's `project` may return several), tuples of their slices."""
@@ -173,10 +165,10 @@ def checkpointed_unroll(step: Callable[..., Any], xs: Tensor, state: Any, every:
     ports, needs, sizes = [], [], []
     out = None
     start = 0
-    state = _as_tensors(state)  # a numpy state is a constant the segments pass on as a Tensor
     for xs_seg in ops.split(xs, int(every), axis=0):
         flat: list[Tensor] = []
-        spec = _flatten(state, flat) if state is not None else None
+        # a non-Tensor part of the state (a numpy h0) is passed on as is, as unroll does
+        spec = _flatten(state, flat, constants=True) if state is not None else None
         ys_seg, state = checkpoint(segment, spec, xs_seg, *flat)
         if out is None:
             out = np.empty((xs.shape[0],) + ys_seg.shape[1:], dtype=ys_seg.dtype)

@@ -471,12 +471,9 @@ def _replay(nodes: list[Node], retain_graph: bool) -> None:
                         t.grad.append(gi)
                     else:
                         t.grad = pending((t.grad, gi))
-                elif kind is port_t:
+                elif kind is port_t:  # records hold Ports only for multi-output inputs
                     m = t._node
-                    if m.nout is None:  # a Port made by diagnostics for a single output
-                        m.grad = _add_pending(m.grad, gi)
-                    else:
-                        m.grad[t._idx] = _add_pending(m.grad[t._idx], gi)
+                    m.grad[t._idx] = _add_pending(m.grad[t._idx], gi)
                 elif t.grad is None:  # a leaf: .grad is ours, so accumulate in place
                     # a copy: gi may be (a view of) an array kept elsewhere
                     t.grad = gi.copy() if type(gi) is np.ndarray else np.array(gi)

@@ -71,11 +71,12 @@ class Mul(_Elementwise):
 
 
 def _add_into(y: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """y + a, in place when y is a fresh array that already has the result's shape and dtype."""
-    if a.shape == y.shape and a.dtype == y.dtype and y.ndim:
+    """y + a for a fresh y: in place when a broadcasts into y's trailing axes with y's dtype
+    (the result then has y's shape), else a new array."""
+    if y.ndim and a.dtype == y.dtype and a.shape == y.shape[y.ndim - a.ndim:]:
         np.add(y, a, y)
         return y
-    return a + y
+    return y + a
 
 
 @register
@@ -235,10 +236,7 @@ class Linear(Primitive):
         shapes = []
         for b in biases:
             shapes.append(b.shape)
-            if b.dtype == y.dtype and b.shape == y.shape[y.ndim - b.ndim:]:
-                np.add(y, b, y)  # y is fresh, so adding in place is safe
-            else:
-                y = y + b
+            y = _add_into(y, b)
         return y, (x, w, shapes)
 
     @staticmethod
