@@ -544,6 +544,16 @@ def _verdict(value: float | None, bound: float | None) -> str:
     return "PASS" if value <= bound else "FAIL"
 
 
+def _ratio_cell(v: float | None, bound: float | None, show_bound: bool) -> str:
+    """'1.23', with ' [2] FAIL' (or ' FAIL' without the bound) when there is a target."""
+    if v is None:
+        return "-"
+    s = f"{v:.2f}"
+    if bound is not None:
+        s += (f" [{bound:g}]" if show_bound else "") + f" {_verdict(v, bound)}"
+    return s
+
+
 def _fmt_ms(v: float | None) -> str:
     if v is None:
         return "-"
@@ -611,12 +621,8 @@ def report(meta: dict[str, Any], results: list[dict[str, Any]], overhead: list[d
         cells = [f"{r['kind']} {r['config']} {r['dtype']}"]
         for a, b in RATIOS:
             key = f"{a}/{b}"
-            v = r["ratios"].get(key)
-            bound = target_for(key, r["config"], r["dtype"])
-            s = "-" if v is None else f"{v:.2f}"
-            if v is not None and bound is not None:
-                s += f" [{bound:g}] {_verdict(v, bound)}"
-            cells.append(s)
+            cells.append(_ratio_cell(r["ratios"].get(key),
+                                     target_for(key, r["config"], r["dtype"]), True))
         rows.append(cells)
     out.append(table(["case"] + [f"{a}/{b}" for a, b in RATIOS], rows))
 
@@ -633,12 +639,8 @@ def report(meta: dict[str, Any], results: list[dict[str, Any]], overhead: list[d
                       for c in ("ours-layer", "ours-custom", "numpy")]
             for c in ("ours-layer", "ours-custom"):
                 key = f"peak {c}/numpy"
-                v = pr.get(key)
-                bound = target_for(key, r["config"], r["dtype"])
-                s = "-" if v is None else f"{v:.2f}"
-                if v is not None and bound is not None:
-                    s += f" {_verdict(v, bound)}"
-                cells.append(s)
+                cells.append(_ratio_cell(pr.get(key), target_for(key, r["config"], r["dtype"]),
+                                         False))
             rows.append(cells)
         out.append(table(["case", "ours-layer", "ours-custom", "numpy", "layer/numpy",
                           "custom/numpy"], rows))
