@@ -8,7 +8,8 @@ import numpy as np
 
 from . import ops, random
 from .engine import (
-    ANOMALY, GRAD, Node, current_seq, enable_grad, get_mode, port, run_backward, user_source_line,
+    ANOMALY, GRAD, UNSUMMED, Node, current_seq, enable_grad, get_mode, port, run_backward,
+    user_source_line,
 )
 from .primitive import Primitive, register
 from .tensor import Tensor
@@ -73,15 +74,35 @@ class Checkpoint(Primitive):
         try:
             since = current_seq()
             with enable_grad():
-                args, leaves = call.rebuild(arrays, needs, replay=True)
+                args, holders = call.rebuild(arrays, needs, replay=True)
                 flat: list[Tensor] = []
                 _flatten(fn(*args), flat)
         finally:
             random.set_state(current)
         run_backward(flat, list(gs), since=since)
         # leaf arguments were replayed as themselves: their gradients are in place already
-        return tuple(t.grad if need and nonleaf else None
-                     for t, need, nonleaf in zip(leaves, needs, call.nonleaf))
+        return tuple(h[0] if h else None for h in holders)
+
+
+class _Collect(Primitive):
+    """Identity on a non-leaf argument of a replayed checkpoint: its backward puts the
+    argument's gradient contributions, unsummed, into `holder`. Checkpoint passes them on to
+    the record that made the argument, to be summed there with the contributions from outside
+    the checkpoint in record order, as in the run without checkpoint."""
+
+    name = "checkpoint_argument"
+
+    @staticmethod
+    def forward(x, holder):
+        return x, holder
+
+    @staticmethod
+    def backward(g, holder, needs):
+        holder.append(g)
+        return (None,)
+
+
+UNSUMMED.update((Checkpoint, _Collect))
 
 
 class _Call:
@@ -98,22 +119,22 @@ class _Call:
                           if t._node is None and t._requires_grad}
 
     def rebuild(self, arrays: tuple[np.ndarray, ...], needs: Any,
-                replay: bool = False) -> tuple[tuple[Any, ...], list[Tensor]]:
-        """fn's arguments with fresh leaves for its Tensors, and those leaves. On `replay`, leaf
-        arguments that need grad are the caller's own tensors, and non-leaf ones go through an
-        identity record so that their gradient contributions are summed in record order, as in
-        the run without checkpoint."""
-        leaves, used = [], []
+                replay: bool = False) -> tuple[tuple[Any, ...], list[list[Any] | None]]:
+        """fn's arguments with fresh leaves for its Tensors, and per argument a holder for its
+        gradient (None where none is collected). On `replay`, leaf arguments that need grad are
+        the caller's own tensors, and non-leaf ones go through a `_Collect` record."""
+        used, holders = [], []
         for j, (a, need) in enumerate(zip(arrays, needs)):
             if replay and need and j in self.originals:
-                leaves.append(self.originals[j])
                 used.append(self.originals[j])
+                holders.append(None)
                 continue
             t = Tensor._from_op(a, None)
             t._requires_grad = bool(need)
-            leaves.append(t)
-            used.append(t.reshape(t.shape) if replay and need and self.nonleaf[j] else t)
-        return _unflatten(self.spec, used), leaves
+            holder: list[Any] | None = [] if replay and need and self.nonleaf[j] else None
+            used.append(t if holder is None else _Collect.apply(t, holder=holder))
+            holders.append(holder)
+        return _unflatten(self.spec, used), holders
 
 
 def checkpoint(fn: Callable[..., Any], *args: Any) -> Any:
@@ -158,28 +179,30 @@ def checkpointed_unroll(step: Callable[..., Any], xs: Tensor, state: Any, every:
         for x_t in time_slices(project(xs_seg) if project is not None else xs_seg):
             y, s = step(x_t, s)
             ys.append(y)
-        return ops.stack(ys, 0), s
+        return tuple(ys), s
 
-    # The segments' outputs are copied into one (T, ...) array as they come; the concat record
-    # keeps only their records, so they are never held twice.
-    ports, needs, sizes = [], [], []
+    # The steps' outputs are stacked by one record after the last segment, as `unroll` does: a
+    # y_t also carried in the state then gets its gradient contributions in the same order (the
+    # next step's, then the stack's), which keeps the gradients identical to the last bit. Each
+    # segment's outputs are copied into the stacked array as they come, so they are not held
+    # twice; the record keeps only their Ports.
+    ports: list[Any] = []
+    needs: list[bool] = []
     out = None
-    start = 0
     for xs_seg in ops.split(xs, int(every), axis=0):
         flat: list[Tensor] = []
         # a non-Tensor part of the state (a numpy h0) is passed on as is, as unroll does
         spec = _flatten(state, flat, constants=True) if state is not None else None
         ys_seg, state = checkpoint(segment, spec, xs_seg, *flat)
-        if out is None:
-            out = np.empty((xs.shape[0],) + ys_seg.shape[1:], dtype=ys_seg.dtype)
-        out[start:start + ys_seg.shape[0]] = ys_seg.data
-        start += ys_seg.shape[0]
-        ports.append(port(ys_seg))
-        needs.append(ys_seg._requires_grad)
-        sizes.append(ys_seg.shape[0])
-        del ys_seg
+        for y in ys_seg:
+            if out is None:
+                out = np.empty((xs.shape[0],) + y.shape, dtype=y.dtype)
+            out[len(ports)] = y.data
+            ports.append(port(y))
+            needs.append(y._requires_grad)
+        ys_seg = y = None  # type: ignore[assignment]
     m = get_mode()
-    node = Node(ops.Concat, tuple(ports), (np.cumsum(sizes[:-1]), 0), tuple(needs), None,
+    node = Node(ops.Stack, tuple(ports), 0, tuple(needs), None,
                 user_source_line() if m & ANOMALY else None, out.shape, out.dtype
                 ) if m & GRAD and any(needs) else None
     return Tensor._from_op(out, node), state

@@ -329,6 +329,15 @@ def _accumulate(t: Tensor, g: Any) -> None:
             _defer(t, g)
             return
         g = g.value().astype(t.dtype, copy=False)
+    elif type(g) is _Pending:  # unsummed contributions (see UNSUMMED): they stay unsummed
+        if m is None:  # ... except in a leaf, which adds them in arrival order, as the replay does
+            for x in g:
+                _accumulate(t, x)
+        elif m.nout is None:
+            m.grad = _extend_pending(m.grad, g)
+        else:
+            m.grad[t._idx] = _extend_pending(m.grad[t._idx], g)
+        return
     elif type(g) is Pieces:
         if m is None:  # a leaf: fold the pieces in, in order, with one numpy call
             dtype = t.data.dtype
@@ -351,6 +360,13 @@ def _accumulate(t: Tensor, g: Any) -> None:
         m.grad[t._idx] = _add_pending(m.grad[t._idx], g)
 
 
+UNSUMMED: set[Any] = set()
+"""Primitives whose backward gets a node's gradient contributions unsummed (a _Pending list, in
+arrival order) and may pass them on as its input's gradient, unsummed too. `checkpoint` uses
+this so that contributions made inside and outside a checkpointed segment are summed in one
+list, in record order, as in the run without checkpoint."""
+
+
 class _Pending(list):
     """Gradient contributions to one non-leaf output, in arrival (= descending record) order.
 
@@ -359,6 +375,8 @@ class _Pending(list):
     the plain run's gradients to the last bit."""
 
     def total(self) -> np.ndarray:
+        if len(self) == 1:
+            return self[0]
         g = self[-1] + self[-2]
         for c in self[-3::-1]:
             g += c
@@ -372,6 +390,16 @@ def _add_pending(cur: Any, g: np.ndarray) -> Any:
         cur.append(g)
         return cur
     return _Pending((cur, g))
+
+
+def _extend_pending(cur: Any, gs: _Pending) -> _Pending:
+    """Contributions `gs`, still unsummed, joined to those a node already has (see UNSUMMED)."""
+    if cur is None:
+        return _Pending(gs)
+    if type(cur) is _Pending:
+        cur.extend(gs)
+        return cur
+    return _Pending((cur, *gs))
 
 
 def backward(root: Tensor, grad: Any = None, retain_graph: bool = False) -> None:
@@ -423,16 +451,17 @@ def run_backward(roots: list[Tensor], grads: list[np.ndarray | None], retain_gra
 def _replay(nodes: list[Node], retain_graph: bool) -> None:
     """The hot loop of backward: one iteration per record, latest first."""
     anomaly = get_mode() & ANOMALY
-    deferred, pending, node_t, port_t = Deferred, _Pending, Node, Port
+    deferred, pending, node_t, port_t, unsummed = Deferred, _Pending, Node, Port, UNSUMMED
     for n in nodes:
         g = n.grad
         if n.nout is None:
             n.grad = None
-            if type(g) is pending:
+            if type(g) is pending and n.op not in unsummed:
                 g = g.total()
         else:
             n.grad = [None] * n.nout
-            g = [x.total() if type(x) is pending else x for x in g]
+            if n.op not in unsummed:
+                g = [x.total() if type(x) is pending else x for x in g]
             if all(x is None for x in g):  # a generator: a loop variable would keep x alive
                 g = None
         if n.retained is not None:
@@ -450,7 +479,7 @@ def _replay(nodes: list[Node], retain_graph: bool) -> None:
             for t, gi, need in zip(n.inputs, grads_in, n.needs):
                 if not need or gi is None:
                     continue
-                if type(gi) is deferred or type(gi) is Pieces:
+                if type(gi) is deferred or type(gi) is Pieces or type(gi) is pending:
                     _accumulate(t, gi)
                     continue
                 kind = type(t)
@@ -488,4 +517,6 @@ def _store_retained(n: Node, g: Any) -> None:
         gi = g if n.nout is None or g is None else g[t._idx]
         if gi is None:
             gi = np.zeros(t.shape, t.dtype)
+        elif type(gi) is _Pending:
+            gi = gi.total()
         t.grad = np.array(gi, copy=True) if t.grad is None else t.grad + gi
