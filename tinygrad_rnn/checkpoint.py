@@ -151,9 +151,7 @@ def checkpoint(fn: Callable[..., Any], *args: Any) -> Any:
     m = get_mode()
     node = Node(Checkpoint, tuple(port(t) for t in inputs), saved, call.needs, len(outs),
                 user_source_line() if m & ANOMALY else None) if m & GRAD and saved[5] else None
-    tensors = [Tensor._from_op(o, node) for o in outs]
-    for i, t in enumerate(tensors):
-        t._idx = i
+    tensors = [Tensor._from_op(o, node, i) for i, o in enumerate(outs)]
     return _unflatten(saved[4], tensors)
 
 

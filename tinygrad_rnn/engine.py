@@ -93,16 +93,9 @@ class Port:
 
 def port(t: Tensor) -> Any:
     """What a record stores for input `t`: the leaf itself, the record that made it, or (for
-    one output of a multi-output record) its cached Port."""
-    node = t._node
-    if node is None:
-        return t
-    if node.nout is None:
-        return node
-    p = t._port
-    if p is None:
-        p = t._port = Port(node, t._idx, t.data.shape, t.data.dtype)
-    return p
+    one output of a multi-output record) its Port."""
+    r = t._ref
+    return t if r is None else r
 
 
 # ----------------------------------------------------------------------------- grad mode

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .engine import ANOMALY, GRAD, Node, check_finite, get_mode, port, user_source_line
+from .engine import ANOMALY, GRAD, Node, check_finite, get_mode, user_source_line
 from .errors import ShapeError
 from .tensor import Tensor
 
@@ -82,18 +82,17 @@ class Primitive:
         node = None
         if m & GRAD and True in needs:
             # the record keeps leaves, and records or Ports for recorded inputs: not their data
-            if n == 2:
-                ma, mb = a._node, b._node
-                ins: tuple[Any, ...] = (a if ma is None else ma if ma.nout is None else port(a),
-                                        b if mb is None else mb if mb.nout is None else port(b))
+            if n == 2:  # engine.port, inlined
+                ra, rb = a._ref, b._ref
+                ins: tuple[Any, ...] = (a if ra is None else ra, b if rb is None else rb)
             elif n == 1:
-                ma = a._node
-                ins = (a if ma is None else ma if ma.nout is None else port(a),)
+                ra = a._ref
+                ins = (a if ra is None else ra,)
             else:
                 entries = []
                 for t in inputs:
-                    mt = t._node
-                    entries.append(t if mt is None else mt if mt.nout is None else port(t))
+                    rt = t._ref
+                    entries.append(t if rt is None else rt)
                 ins = tuple(entries)
             where = user_source_line() if m & ANOMALY else None
             if cls.nout == 1:
@@ -108,13 +107,8 @@ class Primitive:
         if cls.nout == 1:  # Tensor._from_op, inlined: this runs once per operation
             t = _new(Tensor)
             t.data = out if type(out) is np.ndarray else np.asarray(out)
-            t.grad = t._port = None
-            t._node = node
+            t.grad = None
+            t._node = t._ref = node
             t._requires_grad = node is not None
             return t
-        outs = []
-        for i, o in enumerate(out):
-            t = Tensor._from_op(o, node)
-            t._idx = i
-            outs.append(t)
-        return tuple(outs)
+        return tuple([Tensor._from_op(o, node, i) for i, o in enumerate(out)])

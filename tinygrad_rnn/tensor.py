@@ -26,7 +26,10 @@ class Tensor:
     `tg.default_dtype`); `grad` is None or an array of data's shape and dtype.
     """
 
-    __slots__ = ("data", "grad", "_requires_grad", "_node", "_idx", "_port")
+    # _ref: what a record keeps for this tensor as an input (engine.port): None for a leaf
+    # (the Tensor itself), the Node for a single-output result, the Port for one output of a
+    # multi-output record
+    __slots__ = ("data", "grad", "_requires_grad", "_node", "_idx", "_ref")
     __array_ufunc__ = None  # `ndarray + Tensor` defers to Tensor.__radd__ instead of looping
 
     def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None) -> None:
@@ -42,19 +45,23 @@ class Tensor:
         self.data: np.ndarray = arr
         self.grad: np.ndarray | None = None
         self._node: engine.Node | None = None
-        self._port: engine.Port | None = None
+        self._ref: engine.Node | engine.Port | None = None
         self._requires_grad = False
         self.requires_grad = requires_grad
 
     @staticmethod
-    def _from_op(out: Any, node: engine.Node | None) -> Tensor:
-        """Wrap an operation's result without the checks of __init__ (hot path)."""
+    def _from_op(out: Any, node: engine.Node | None, idx: int | None = None) -> Tensor:
+        """Wrap an operation's result (output `idx` of a multi-output record) without the checks
+        of __init__ (hot path)."""
         t = Tensor.__new__(Tensor)
         t.data = out if type(out) is np.ndarray else np.asarray(out)
         t.grad = None
-        t._node = node
-        t._port = None
+        t._node = t._ref = node
         t._requires_grad = node is not None
+        if idx is not None:
+            t._idx = idx
+            if node is not None:
+                t._ref = engine.Port(node, idx, t.data.shape, t.data.dtype)
         return t
 
     # ------------------------------------------------------------------ autograd state
