@@ -26,7 +26,11 @@ so that machine noise hits everyone alike; the median over the repeats is report
 collector stays on while timing (a user's training loop pays for the collections its allocations
 trigger), but runs a full collection before each timed block, outside the clock. Peak memory
 per step is measured by tracemalloc in a separate, untimed run (tracemalloc sees numpy's buffers,
-not torch's). The engine overhead per recorded op is (ours - numpy) / (number of Nodes recorded in
+not torch's). Minor page faults per call (getrusage, counted around the timed blocks) are reported
+too: a step that returns freed memory to the OS and takes it back pays ~1-2 us per 4 KiB page in
+the kernel, and how much glibc's malloc returns depends on the process's history. With
+--malloc-keep, glibc is told to keep freed memory (mallopt; the same for every contender), which
+shows that share. The engine overhead per recorded op is (ours - numpy) / (number of Nodes recorded in
 one step) at a tiny size, also expressed in units of one tiny np.add ((1, 32) float32) timed in
 the same run.
 """
@@ -34,6 +38,7 @@ the same run.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import gc
 import json
@@ -380,6 +385,14 @@ CLOCKS = {"perf_counter": time.perf_counter, "process_time": time.process_time}
 _clock = time.perf_counter  # set by --clock; process_time = this process's CPU time (all threads)
 
 
+def _minor_faults() -> int:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def timed_loop(fn: Callable[[], Any], n: int) -> float:
     """Seconds per call of fn, averaged over n back-to-back calls."""
     clock = _clock
@@ -387,6 +400,18 @@ def timed_loop(fn: Callable[[], Any], n: int) -> float:
     for _ in range(n):
         fn()
     return (clock() - t0) / n
+
+
+def malloc_keep() -> bool:
+    """Ask glibc's malloc to keep freed memory (no trimming, no mmap for large blocks), for the
+    whole process. Returns False where that is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_trim_threshold, 2**30) and
+                    libc.mallopt(m_mmap_threshold, 2**25))  # 32 MiB: glibc's maximum
+    except (OSError, AttributeError):
+        return False
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, min_time: float
@@ -401,13 +426,16 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, min_time: float
         inner[name] = max(1, math.ceil(min_time / max(t1, 1e-9)))
     names = list(fns)
     runs: dict[str, list[float]] = {n: [] for n in names}
+    faults: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
         k = r % len(names)
         for name in names[k:] + names[:k]:
             gc.collect()  # garbage of the previous contender is not billed to this one
+            f0 = _minor_faults()
             runs[name].append(timed_loop(fns[name], inner[name]))
-    return {n: {"median_s": statistics.median(runs[n]), "repeats_s": runs[n], "inner": inner[n]}
-            for n in names}
+            faults[name].append((_minor_faults() - f0) / inner[name])
+    return {n: {"median_s": statistics.median(runs[n]), "repeats_s": runs[n], "inner": inner[n],
+                "faults_per_call": statistics.median(faults[n])} for n in names}
 
 
 def peak_bytes(step: Step) -> int:
@@ -460,7 +488,8 @@ def run_case(kind: str, cfg: Config, dtype_name: str, contenders: list[str], rep
         "B": cfg.B, "I": cfg.I, "H": cfg.H, "T": cfg.T,
         "contenders": {c: {"median_ms": med[c], "min_ms": best[c],
                            "repeats_ms": [t * 1e3 for t in timing[c]["repeats_s"]],
-                           "inner": timing[c]["inner"]} for c in contenders},
+                           "inner": timing[c]["inner"],
+                           "minor_faults": timing[c]["faults_per_call"]} for c in contenders},
         "ratios": ratios,
         # the same ratios of the fastest repeats: less sensitive to other load on the machine
         "ratios_of_min": {f"{a}/{b}": best[a] / best[b] for a, b in RATIOS
@@ -615,6 +644,13 @@ def report(meta: dict[str, Any], results: list[dict[str, Any]], overhead: list[d
                     + [f"{100 * spread:.0f}%"])
     out.append(table(["case"] + contenders + ["spread"], rows))
 
+    out.append("\nMinor page faults per step (median over repeats)"
+               + (", malloc-keep on" if meta.get("malloc_keep") else ""))
+    rows = [[f"{r['kind']} {r['config']} {r['dtype']}"]
+            + [f"{r['contenders'][c].get('minor_faults', 0):.0f}" if c in r["contenders"] else "-"
+               for c in contenders] for r in results]
+    out.append(table(["case"] + contenders, rows))
+
     out.append("\nRatios (lower is better for ours); [target] PASS/FAIL for float32")
     rows = []
     for r in results:
@@ -697,6 +733,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int,
                     help="limit BLAS (threadpoolctl) and torch intra-op threads to N (default: "
                          "leave both as they are)")
+    ap.add_argument("--malloc-keep", action="store_true",
+                    help="tell glibc's malloc to keep freed memory (every contender alike): "
+                         "shows what page faults cost")
     ap.add_argument("--json", metavar="PATH", help="write all results as JSON")
     args = ap.parse_args(argv)
 
@@ -734,6 +773,10 @@ def main(argv: list[str] | None = None) -> int:
                             "loss": "out.backward(G) with G fixed random of the output's shape; "
                                     "x requires grad for every contender"}
     meta["threads_limit"], meta["clock"] = args.threads, args.clock
+    meta["malloc_keep"] = malloc_keep() if args.malloc_keep else False
+    if args.malloc_keep and not meta["malloc_keep"]:
+        print("warning: --malloc-keep: not glibc (mallopt unavailable); nothing changed",
+              file=sys.stderr)
     print(f"BLAS: {blas_summary(meta['blas'])}; "
           f"OPENBLAS_CORETYPE={meta['machine']['OPENBLAS_CORETYPE']}", file=sys.stderr)
     load = meta["machine"].get("loadavg_start")
