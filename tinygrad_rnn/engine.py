@@ -246,8 +246,10 @@ class Deferred:
     for the same leaf are gathered during the replay and multiplied in one GEMM per block of
     `DEFERRED_ROWS` rows (and at the end), instead of one small product and one addition per
     step. Pieces arrive in descending time order whether or not the unroll is checkpointed, so
-    the blocks, and hence the gradients, are the same to the last bit; the cap bounds memory.
-    With `steps`, a and b are (S, n, p) and (S, n, q): S pieces, the last one first."""
+    the blocks are the same; within a block the rows are put in ascending time order, so the
+    GEMMs, and hence the gradients, are the same to the last bit. The cap bounds memory.
+    With `steps`, a and b are (S, n, p) and (S, n, q): S pieces in time order, of which those
+    in one block are multiplied as one slice, without being copied."""
 
     __slots__ = ("a", "b", "steps")
 
@@ -283,9 +285,9 @@ _Replay = _ReplayState()
 
 
 def _flush(entry: list[Any]) -> None:
-    t, aa, bb, _ = entry
-    a = aa[0] if len(aa) == 1 else np.concatenate(aa)
-    b = bb[0] if len(bb) == 1 else np.concatenate(bb)
+    t, aa, bb, _ = entry  # pieces in arrival order, the latest steps first: reversed here
+    a = aa[0] if len(aa) == 1 else np.concatenate(aa[::-1])
+    b = bb[0] if len(bb) == 1 else np.concatenate(bb[::-1])
     g = a.T @ b
     if t.grad is None:
         t.grad = g
@@ -305,13 +307,23 @@ def _defer(t: Tensor, g: Deferred) -> None:
     entry = _Replay.deferred.get(id(t))
     if entry is None:
         entry = _Replay.deferred[id(t)] = [t, [], [], 0]
-    pieces = zip(g.a[::-1], g.b[::-1]) if g.steps else ((g.a, g.b),)
-    for a, b in pieces:
-        entry[1].append(a)
-        entry[2].append(b)
-        entry[3] += a.shape[0]
+    if not g.steps:
+        entry[1].append(g.a)
+        entry[2].append(g.b)
+        entry[3] += g.a.shape[0]
         if entry[3] >= DEFERRED_ROWS:
             _flush(entry)
+        return
+    # as if the steps came one by one, the last first, with each block's steps as one slice
+    hi, n = g.a.shape[0], max(g.a.shape[1], 1)
+    while hi > 0:
+        lo = max(0, hi - max(1, -(-(DEFERRED_ROWS - entry[3]) // n)))  # the steps the block lacks
+        entry[1].append(g.a[lo:hi].reshape(-1, g.a.shape[2]))
+        entry[2].append(g.b[lo:hi].reshape(-1, g.b.shape[2]))
+        entry[3] += (hi - lo) * n
+        if entry[3] >= DEFERRED_ROWS:
+            _flush(entry)
+        hi = lo
 
 
 def _accumulate(t: Tensor, g: Any) -> None:
