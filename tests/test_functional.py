@@ -395,6 +395,11 @@ def test_linear_matches_numpy_and_checks_shapes():
     np.testing.assert_allclose(F.linear(tg.Tensor(x), w, b).data, x @ w.T + b, rtol=1e-12)
     np.testing.assert_allclose(F.linear(tg.Tensor(x), w).data, x @ w.T, rtol=1e-12)
     assert gradcheck(F.linear, [x, w, b])
+    b2 = r.normal(size=4)  # two (out,) biases, as the layers' b_ih and b_hh: added as one
+    np.testing.assert_allclose(tg.linear(tg.Tensor(x), w, b, b2).data, x @ w.T + b + b2,
+                               rtol=1e-12)
+    for xx in (x, x[0]):  # stepwise (3-D) and plain
+        assert gradcheck(lambda *a: tg.linear(*a), [xx, w, b, b2])
     with pytest.raises(ShapeError, match=r"linear.*\(2, 5, 3\).*\(3, 4\)"):
         F.linear(tg.Tensor(x), w.T)
     with pytest.raises(ShapeError, match=r"linear.*bias.*\(4,\)"):

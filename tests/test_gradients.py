@@ -93,18 +93,19 @@ def linear_case(draw: Any) -> Case:
     n_in, n_out = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     x = draw(tst.arrays(lead + (n_in,)))
     w = draw(tst.arrays((n_out, n_in)))
-    bias = draw(st.sampled_from(["none", "vector", "full", "broadcast"]))
-    if bias == "none":
-        return Case((x, w))
-    shape = {"vector": (n_out,), "full": lead + (n_out,),
-             "broadcast": (1,) * len(lead) + (n_out,)}[bias]
-    return Case((x, w, draw(tst.arrays(shape))))
+    shapes = {"vector": (n_out,), "full": lead + (n_out,),
+              "broadcast": (1,) * len(lead) + (n_out,)}
+    # up to two additive terms; two (out,) vectors (b_ih and b_hh) have a path of their own
+    kinds = draw(st.sampled_from([(), ("vector",), ("full",), ("broadcast",),
+                                  ("vector", "vector"), ("full", "vector"),
+                                  ("broadcast", "full")]))
+    return Case((x, w, *(draw(tst.arrays(shapes[k])) for k in kinds)))
 
 
-def _linear(x: Any, w: Any, b: Any = None) -> Any:
+def _linear(x: Any, w: Any, *biases: Any) -> Any:
     if isinstance(x, np.ndarray):
-        return x @ w.T + (0 if b is None else b)
-    return tg.linear(x, w) if b is None else tg.linear(x, w, b)
+        return x @ w.T + sum(biases, np.zeros(()))
+    return tg.linear(x, w, *biases)
 
 
 GATE_ACTS = ("sigmoid", "tanh", "relu", "identity")

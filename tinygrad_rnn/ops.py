@@ -233,6 +233,10 @@ class Linear(Primitive):
     @staticmethod
     def forward(x, w, *biases):
         y = x @ w.T
+        if len(biases) == 2 and biases[0].shape == biases[1].shape == (w.shape[0],):
+            # e.g. b_ih + b_hh over a whole sequence: one pass over y instead of two
+            y = _add_into(y, biases[0] + biases[1])
+            return y, (x, w, [b.shape for b in biases])
         shapes = []
         for b in biases:
             shapes.append(b.shape)
@@ -255,15 +259,18 @@ class Linear(Primitive):
             else:
                 gw = Deferred(g, x)
         gbs = []
+        summed = None  # the gradient of an (out,) bias, the same for all of them: made once
         for shape, need in zip(bias_shapes, needs[2:]):
             if not need:
                 gbs.append(None)
             elif shape != (w.shape[0],) or g.ndim == 1:
                 gbs.append(g)  # the engine sums over whatever was broadcast
-            elif stepwise:  # one piece per step, the last first
-                gbs.append(Pieces(g.reshape(g.shape[0], -1, w.shape[0]).sum(axis=1)[::-1]))
             else:
-                gbs.append(g[0] if g.shape[0] == 1 else g.sum(axis=0))
+                if summed is None:
+                    summed = (Pieces(g.reshape(g.shape[0], -1, w.shape[0]).sum(axis=1)[::-1])
+                              if stepwise else  # one piece per step, the last first
+                              g[0] if g.shape[0] == 1 else g.sum(axis=0))
+                gbs.append(summed)
         return (gx, gw, *gbs)
 
     @classmethod
