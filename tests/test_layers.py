@@ -972,3 +972,24 @@ def test_bad_constructor_arguments() -> None:
         nn.Embedding(5, 2, padding_idx=5)
     with pytest.raises(ValueError, match=r"checkpoint_every must be a positive int, got 0"):
         nn.unroll(MinimalGated(2, 2), np.zeros((3, 1, 2)), checkpoint_every=0)
+
+
+@pytest.mark.parametrize("bad", ["shape", "dtype"])
+def test_checkpointed_unroll_rejects_a_step_output_unlike_the_others(bad: str) -> None:
+    """The segments' outputs are copied into one array as they come: an output of another
+    shape or dtype must raise, not be broadcast or cast into it."""
+    def cell(x_t: tg.Tensor, h: tg.Tensor) -> tuple[tg.Tensor, tg.Tensor]:
+        h = (x_t + h).tanh()
+        if bad == "shape" and cell.calls == 3:
+            y = h[:1]  # (1, 4) would broadcast into a (2, 4) slot
+        elif bad == "dtype" and cell.calls == 3:
+            y = tg.Tensor(h.data.astype(np.float32))
+        else:
+            y = h
+        cell.calls += 1
+        return y, h
+
+    cell.calls = 0
+    xs = tg.Tensor(rng(40).standard_normal((6, 2, 4)), requires_grad=True)
+    with pytest.raises(tg.ShapeError, match=r"unroll: step 3 returned an output of shape"):
+        nn.unroll(cell, xs, tg.Tensor(np.zeros((2, 4))), checkpoint_every=2)
