@@ -114,3 +114,52 @@ def test_check_grads_catches_a_mismatch():
     bad = dict(good, weight_hh_l0=good["weight_hh_l0"] * (1 + 1e-6))
     with pytest.raises(AssertionError, match="weight_hh_l0"):
         bench.check_grads("rnn", {"numpy": good, "ours-layer": bad}, np.float64)
+
+
+def _load_ab():
+    name = "tinygrad_rnn_benchmarks_ab"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, _BENCH / "ab.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_ab_paired_ratio_is_the_median_with_an_interval_around_it():
+    ab = _load_ab()
+    ratios = [0.9, 0.95, 1.0, 1.05, 1.1] * 20
+    med, lo, hi = ab.paired_ratio(ratios)
+    assert med == 1.0 and lo <= 1.0 <= hi and lo >= 0.9 and hi <= 1.1
+    med, lo, hi = ab.paired_ratio([0.8 + 0.001 * i for i in range(101)])
+    assert med == pytest.approx(0.85) and 0.8 < lo < med < hi < 0.9
+
+
+def test_ab_exports_a_revision_as_a_separate_package(tmp_path):
+    """The base is a git revision's tinygrad_rnn under another name, next to the working
+    tree's; its gradients for the same step are those of this tree up to rounding."""
+    import subprocess
+
+    import tinygrad_rnn
+    repo = _BENCH.parent
+    if subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"],
+                      capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    ab = _load_ab()
+    base = ab.export_revision("HEAD", tmp_path)
+    try:
+        assert base is not tinygrad_rnn and Path(base.__file__).is_relative_to(tmp_path)
+        p = bench.make_problem("gru", TINY, np.float64)
+        grads = []
+        for lib in (tinygrad_rnn, base):
+            layer = lib.nn.GRU(TINY.I, TINY.H, dtype=np.float64)
+            layer.load_state_dict(p.params)
+            out, _ = layer(lib.Tensor(p.x))
+            out.backward(p.G)
+            grads.append([q.grad for q in layer.parameters()])
+        for a, b in zip(*grads):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in [m for m in sys.modules if m.split(".")[0] == ab.BASE_NAME]:
+            del sys.modules[name]
