@@ -22,9 +22,12 @@ Contenders (same weights, same dtype, same process):
 Method: gradients of every contender are checked against numpy once (this is also the first
 warm-up), then one more warm-up call calibrates the inner iteration count so that a repeat lasts
 at least --min-time seconds; repeats are interleaved round-robin (the starting contender rotates)
-so that machine noise hits everyone alike; the median over the repeats is reported. The garbage
-collector stays on while timing (a user's training loop pays for the collections its allocations
-trigger), but runs a full collection before each timed block, outside the clock. Peak memory
+so that machine noise hits everyone alike; the median over the repeats is reported. A ratio
+A/B is the median over the repeats of A's time / B's time within the same round (blocks that ran
+back to back), which cancels the machine's slow drift better than a ratio of two medians (also
+in the JSON). The garbage collector stays on while timing (a user's training loop pays for the
+collections its allocations trigger), but runs a full collection before each timed block,
+outside the clock. Peak memory
 per step is measured by tracemalloc in a separate, untimed run (tracemalloc sees numpy's buffers,
 not torch's). Minor page faults per call (getrusage, counted around the timed blocks) are reported
 too: a step that returns freed memory to the OS and takes it back pays ~1-2 us per 4 KiB page in
@@ -482,7 +485,12 @@ def run_case(kind: str, cfg: Config, dtype_name: str, contenders: list[str], rep
     timing = interleaved(steps, repeats, min_time)
     med = {c: timing[c]["median_s"] * 1e3 for c in contenders}
     best = {c: min(timing[c]["repeats_s"]) * 1e3 for c in contenders}
-    ratios = {f"{a}/{b}": med[a] / med[b] for a, b in RATIOS if a in med and b in med}
+    reps = {c: timing[c]["repeats_s"] for c in contenders}
+    # each ratio is the median over rounds of the ratio within a round, where the two blocks
+    # ran within a fraction of a second of each other: this machine's speed drifts by 2x over
+    # minutes, which a ratio of two medians does not cancel (see benchmarks/ab.py)
+    ratios = {f"{a}/{b}": statistics.median(x / y for x, y in zip(reps[a], reps[b]))
+              for a, b in RATIOS if a in med and b in med}
     res: dict[str, Any] = {
         "kind": kind, "config": cfg.name, "dtype": dtype_name,
         "B": cfg.B, "I": cfg.I, "H": cfg.H, "T": cfg.T,
@@ -491,6 +499,8 @@ def run_case(kind: str, cfg: Config, dtype_name: str, contenders: list[str], rep
                            "inner": timing[c]["inner"],
                            "minor_faults": timing[c]["faults_per_call"]} for c in contenders},
         "ratios": ratios,
+        "ratios_of_medians": {f"{a}/{b}": med[a] / med[b] for a, b in RATIOS
+                              if a in med and b in med},
         # the same ratios of the fastest repeats: less sensitive to other load on the machine
         "ratios_of_min": {f"{a}/{b}": best[a] / best[b] for a, b in RATIOS
                           if a in best and b in best},
@@ -651,7 +661,8 @@ def report(meta: dict[str, Any], results: list[dict[str, Any]], overhead: list[d
                for c in contenders] for r in results]
     out.append(table(["case"] + contenders, rows))
 
-    out.append("\nRatios (lower is better for ours); [target] PASS/FAIL for float32")
+    out.append("\nRatios (median over rounds of the ratio within a round; lower is better for "
+               "ours); [target] PASS/FAIL for float32")
     rows = []
     for r in results:
         cells = [f"{r['kind']} {r['config']} {r['dtype']}"]
