@@ -185,7 +185,7 @@ class CustomRNNCell(_CustomCell):
     """h' = tanh(x W_ih^T + b_ih + b_hh + h W_hh^T); the projection holds both biases."""
 
     def forward(self, xp_t: tg.Tensor, h: tg.Tensor) -> tuple[tg.Tensor, tg.Tensor]:
-        h = tg.linear(h, self.weight_hh, xp_t).tanh()
+        h = tg.linear(h, self.weight_hh, xp_t, act="tanh")
         return h, h
 
 

@@ -404,6 +404,20 @@ def test_linear_matches_numpy_and_checks_shapes():
         F.linear(tg.Tensor(x), w.T)
     with pytest.raises(ShapeError, match=r"linear.*bias.*\(4,\)"):
         F.linear(tg.Tensor(x), w, np.zeros(3))
+    with pytest.raises(ValueError, match=r"linear: act must be None, 'tanh' or 'sigmoid'"):
+        tg.linear(tg.Tensor(x), w, b, act="relu")
+
+
+def test_linear_act_is_one_record_with_the_activation_applied():
+    """act= fuses the activation into linear's record: the value is tanh/sigmoid of the
+    affine map, x's dtype is kept, and the tape holds one record instead of two."""
+    r = _rng(13)
+    x, w, b = r.normal(size=(3, 4)).astype(np.float32), r.normal(size=(2, 4)), r.normal(size=2)
+    xt = tg.Tensor(x, requires_grad=True)
+    for act, f in (("tanh", np.tanh), ("sigmoid", lambda z: 1 / (1 + np.exp(-z)))):
+        y = tg.linear(xt, w.astype(np.float32), b.astype(np.float32), act=act)
+        assert y.dtype == np.float32 and y._node.inputs[0] is xt  # no separate activation record
+        np.testing.assert_allclose(y.data, f(x @ w.T + b), rtol=1e-5)
 
 
 def test_activations_are_reexported():

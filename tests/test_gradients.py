@@ -99,13 +99,15 @@ def linear_case(draw: Any) -> Case:
     kinds = draw(st.sampled_from([(), ("vector",), ("full",), ("broadcast",),
                                   ("vector", "vector"), ("full", "vector"),
                                   ("broadcast", "full")]))
-    return Case((x, w, *(draw(tst.arrays(shapes[k])) for k in kinds)))
+    act = draw(st.sampled_from([None, "tanh", "sigmoid"]))  # linear's fused activation
+    return Case((x, w, *(draw(tst.arrays(shapes[k])) for k in kinds)), {"act": act})
 
 
-def _linear(x: Any, w: Any, *biases: Any) -> Any:
+def _linear(x: Any, w: Any, *biases: Any, act: Any = None) -> Any:
     if isinstance(x, np.ndarray):
-        return x @ w.T + sum(biases, np.zeros(()))
-    return tg.linear(x, w, *biases)
+        y = x @ w.T + sum(biases, np.zeros(()))
+        return {None: y, "tanh": np.tanh(y), "sigmoid": _np_sigmoid(y)}[act]
+    return tg.linear(x, w, *biases, act=act)
 
 
 GATE_ACTS = ("sigmoid", "tanh", "relu", "identity")

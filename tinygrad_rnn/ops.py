@@ -231,21 +231,31 @@ class Linear(Primitive):
     name = "linear"
 
     @staticmethod
-    def forward(x, w, *biases):
+    def forward(x, w, *biases, act=None):
         y = x @ w.T
         if len(biases) == 2 and biases[0].shape == biases[1].shape == (w.shape[0],):
             # e.g. b_ih + b_hh over a whole sequence: one pass over y instead of two
             y = _add_into(y, biases[0] + biases[1])
-            return y, (x, w, [b.shape for b in biases])
-        shapes = []
-        for b in biases:
-            shapes.append(b.shape)
-            y = _add_into(y, b)
-        return y, (x, w, shapes)
+            shapes = [b.shape for b in biases]
+        else:
+            shapes = []
+            for b in biases:
+                shapes.append(b.shape)
+                y = _add_into(y, b)
+        if act is None:
+            return y, (x, w, shapes)
+        if y.ndim == 0 or y.dtype.kind != "f":
+            y = np.asarray(y, dtype=np.result_type(y, np.float16))
+        y = _ACTIVATE[act](y)  # in place where it can be: y is ours
+        return y, (x, w, shapes, act, y)
 
     @staticmethod
     def backward(g, saved, needs):  # dx = G W, dW = G^T X, db = G (summed over broadcast axes)
-        x, w, bias_shapes = saved
+        if len(saved) == 5:  # act(x W^T + b): the chain rule through act first
+            x, w, bias_shapes, act, y = saved
+            g = _ACTIVATION_GRAD[act](g, y)
+        else:
+            x, w, bias_shapes = saved
         gx = g @ w if needs[0] else None
         gw = None
         stepwise = x.ndim >= 3
@@ -274,7 +284,7 @@ class Linear(Primitive):
         return (gx, gw, *gbs)
 
     @classmethod
-    def check(cls, x, w, *biases):
+    def check(cls, x, w, *biases, act=None):
         if w.ndim != 2 or x.ndim == 0 or x.shape[-1] != w.shape[1]:
             raise ShapeError(f"linear: x {x.shape} and weight {w.shape} do not fit: expected x "
                              f"(..., in) and weight (out, in) with the same 'in'")
@@ -771,6 +781,27 @@ class Unbind(Primitive):
         return (gx,)
 
 
+def _tanh_into(y: np.ndarray) -> np.ndarray:
+    return np.tanh(y, out=y) if y.ndim else np.tanh(y)
+
+
+def _sigmoid_into(y: np.ndarray) -> np.ndarray:
+    return Sigmoid.forward(y)[0]
+
+
+def _tanh_grad(g: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return Tanh.backward(g, y, (True,))[0]
+
+
+def _sigmoid_grad(g: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return Sigmoid.backward(g, y, (True,))[0]
+
+
+# linear's fused activations: forward on its fresh output, and the gradient through it
+_ACTIVATE = {"tanh": _tanh_into, "sigmoid": _sigmoid_into}
+_ACTIVATION_GRAD = {"tanh": _tanh_grad, "sigmoid": _sigmoid_grad}
+
+
 # ----------------------------------------------------------------------------- functions
 def _t(x: Any) -> Tensor:
     return x if isinstance(x, Tensor) else Tensor(x)
@@ -821,16 +852,22 @@ def lerp(start: Any, end: Any, weight: Any) -> Tensor:
     return Lerp.apply(start, _const(end, start), _const(weight, start))
 
 
-def linear(x: Any, weight: Any, *biases: Any) -> Tensor:
+def linear(x: Any, weight: Any, *biases: Any, act: str | None = None) -> Tensor:
     """x @ weight.T + each bias, as one record (PyTorch's addmm). A bias may be any array that
     broadcasts to the output (..., out), e.g. a per-step input projection inside a cell:
-    gates = linear(h, W_hh, xp_t, b_hh). None biases are skipped."""
+    gates = linear(h, W_hh, xp_t, b_hh). None biases are skipped. act="tanh" or "sigmoid"
+    applies that activation in the same record (an RNN step: linear(h, W_hh, xp_t, act="tanh")),
+    which saves the activation's own record and temporary."""
     x = x if isinstance(x, Tensor) else _t(x)
     args = [x, weight if isinstance(weight, Tensor) else _const(weight, x)]
     for b in biases:  # a loop, not a comprehension: this runs once per time step
         if b is not None:
             args.append(b if isinstance(b, Tensor) else _const(b, x))
-    return Linear.apply(*args)
+    if act is None:
+        return Linear.apply(*args)
+    if act not in _ACTIVATE:
+        raise ValueError(f"linear: act must be None, 'tanh' or 'sigmoid', got {act!r}")
+    return Linear.apply(*args, act=act)
 
 
 def pow(x: Any, p: Any) -> Tensor:  # noqa: A001

@@ -157,11 +157,11 @@ class _CellBase(Module):
             return ops.linear(xs, self.weight_ih, self.bias_ih, self.bias_hh)
         return ops.linear(xs, self.weight_ih, self.bias_ih)
 
-    def _recurrent(self, h: Tensor, xp: Tensor | None = None) -> Tensor:
-        """xp + h W_hh^T (+ b_hh unless the projection has it), one record."""
+    def _recurrent(self, h: Tensor, xp: Tensor | None = None, act: str | None = None) -> Tensor:
+        """act(xp + h W_hh^T (+ b_hh unless the projection has it)), one record."""
         if self.fold_bias_hh:
-            return ops.linear(h, self.weight_hh, xp)
-        return ops.linear(h, self.weight_hh, xp, self.bias_hh)
+            return ops.linear(h, self.weight_hh, xp, act=act)
+        return ops.linear(h, self.weight_hh, xp, self.bias_hh, act=act)
 
     def forward(self, x: Any, state: State = None) -> State:
         """One step, PyTorch's cell signature: returns the new state (h, or (h, c) for LSTM)."""
@@ -185,8 +185,10 @@ class RNNCell(_CellBase):
 
     def step(self, xp: Tensor, state: State) -> tuple[Tensor, State]:
         h = self._zeros(xp) if state is None else self._check_state(state, xp)
-        a = self._recurrent(h, xp)
-        h = a.tanh() if self.nonlinearity == "tanh" else a.relu()
+        if self.nonlinearity == "tanh":
+            h = self._recurrent(h, xp, act="tanh")
+        else:
+            h = self._recurrent(h, xp).relu()
         return h, h
 
 
