@@ -11,8 +11,8 @@ from .engine import (
     ANOMALY, GRAD, UNSUMMED, Node, current_seq, enable_grad, get_mode, port, run_backward,
     user_source_line,
 )
-from .primitive import Primitive, register
 from .errors import ShapeError
+from .primitive import Primitive, register
 from .tensor import Tensor
 
 

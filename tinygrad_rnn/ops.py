@@ -244,8 +244,8 @@ class Linear(Primitive):
                 y = _add_into(y, b)
         if act is None:
             return y, (x, w, shapes)
-        if y.ndim == 0 or y.dtype.kind != "f":
-            y = np.asarray(y, dtype=np.result_type(y, np.float16))
+        if y.dtype.kind != "f":  # integer inputs: the activation needs a float array
+            y = y.astype(np.result_type(y, np.float16))
         y = _ACTIVATE[act](y)  # in place where it can be: y is ours
         return y, (x, w, shapes, act, y)
 
@@ -782,7 +782,7 @@ class Unbind(Primitive):
 
 
 def _tanh_into(y: np.ndarray) -> np.ndarray:
-    return np.tanh(y, out=y) if y.ndim else np.tanh(y)
+    return np.tanh(y, out=y)
 
 
 def _sigmoid_into(y: np.ndarray) -> np.ndarray:
