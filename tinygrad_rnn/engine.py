@@ -82,13 +82,18 @@ class Port:
         self._node, self._idx, self.shape, self.dtype, self.grad = node, idx, shape, dtype, None
 
     def retain_grad(self) -> None:
-        node = self._node
-        if node.op is None:
-            raise GraphError("retain_grad: the graph of this tensor was already freed")
-        if node.retained is None:
-            node.retained = []
-        if not any(r is self for r in node.retained):
-            node.retained.append(self)
+        retain(self._node, self)
+
+
+def retain(node: Node, who: Any) -> None:
+    """Have backward store the gradient of `who` (a Tensor or Port of node's output) in
+    `who.grad`, once however often this is asked."""
+    if node.op is None:
+        raise GraphError("retain_grad: the graph of this tensor was already freed")
+    if node.retained is None:
+        node.retained = []
+    if not any(r is who for r in node.retained):
+        node.retained.append(who)
 
 
 def port(t: Tensor) -> Any:

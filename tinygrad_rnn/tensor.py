@@ -93,15 +93,8 @@ class Tensor:
 
     def retain_grad(self) -> None:
         """Keep `.grad` on this non-leaf tensor after backward (leaves always keep it)."""
-        node = self._node
-        if node is None:
-            return
-        if node.op is None:
-            raise GraphError("retain_grad: the graph of this tensor was already freed")
-        if node.retained is None:
-            node.retained = []
-        if not any(t is self for t in node.retained):
-            node.retained.append(self)
+        if self._node is not None:
+            engine.retain(self._node, self)
 
     def detach(self) -> Tensor:
         """A new leaf sharing this data, with no history and requires_grad=False."""
