@@ -461,7 +461,7 @@ def run_backward(roots: list[Tensor], grads: list[np.ndarray | None], retain_gra
 def _replay(nodes: list[Node], retain_graph: bool) -> None:
     """The hot loop of backward: one iteration per record, latest first."""
     anomaly = get_mode() & ANOMALY
-    deferred, pending, node_t, port_t, unsummed = Deferred, _Pending, Node, Port, UNSUMMED
+    pending, node_t, port_t, array_t, unsummed = _Pending, Node, Port, np.ndarray, UNSUMMED
     for n in nodes:
         g = n.grad
         if n.nout is None:
@@ -470,9 +470,10 @@ def _replay(nodes: list[Node], retain_graph: bool) -> None:
                 g = g.total()
         else:
             n.grad = [None] * n.nout
-            if n.op not in unsummed:
+            # C-level scans (map), not Python loops: no loop variable may keep a gradient alive
+            if pending in map(type, g) and n.op not in unsummed:
                 g = [x.total() if type(x) is pending else x for x in g]
-            if all(x is None for x in g):  # a generator: a loop variable would keep x alive
+            if not any(map(_is_not_none, g)):
                 g = None
         if n.retained is not None:
             _store_retained(n, g)
@@ -483,13 +484,13 @@ def _replay(nodes: list[Node], retain_graph: bool) -> None:
             grads_in = op.backward(g, n.saved, n.needs)  # type: ignore[union-attr]
             if anomaly:
                 check_finite(op.name, "gradient",  # type: ignore[union-attr]
-                             [x.value() if type(x) is deferred else
+                             [x.value() if type(x) is Deferred else
                               np.asarray(x) if type(x) is not Pieces else np.stack(x)
                               for x in grads_in if x is not None], n.where)
             for t, gi, need in zip(n.inputs, grads_in, n.needs):
                 if not need or gi is None:
                     continue
-                if type(gi) is deferred or type(gi) is Pieces or type(gi) is pending:
+                if type(gi) is not array_t and type(gi) in _SPECIAL:  # Deferred, Pieces, _Pending
                     _accumulate(t, gi)
                     continue
                 kind = type(t)
@@ -511,8 +512,8 @@ def _replay(nodes: list[Node], retain_graph: bool) -> None:
                     else:
                         t.grad = pending((t.grad, gi))
                 elif kind is port_t:  # records hold Ports only for multi-output inputs
-                    m = t._node
-                    m.grad[t._idx] = _add_pending(m.grad[t._idx], gi)
+                    m, i = t._node, t._idx
+                    m.grad[i] = gi if m.grad[i] is None else _add_pending(m.grad[i], gi)
                 elif t.grad is None:  # a leaf: .grad is ours, so accumulate in place
                     # a copy: gi may be (a view of) an array kept elsewhere
                     t.grad = gi.copy() if type(gi) is np.ndarray else np.array(gi)
@@ -520,6 +521,10 @@ def _replay(nodes: list[Node], retain_graph: bool) -> None:
                     np.add(t.grad, gi, t.grad)
         if not retain_graph:
             n.op = n.inputs = n.saved = None
+
+
+_SPECIAL = frozenset((Deferred, Pieces, _Pending))  # gradients that _accumulate unpacks
+_is_not_none = functools.partial(operator.is_not, None)
 
 
 def _store_retained(n: Node, g: Any) -> None:
