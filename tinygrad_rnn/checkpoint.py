@@ -152,8 +152,7 @@ def checkpoint(fn: Callable[..., Any], *args: Any) -> Any:
     m = get_mode()
     node = Node(Checkpoint, tuple(port(t) for t in inputs), saved, call.needs, len(outs),
                 user_source_line() if m & ANOMALY else None) if m & GRAD and saved[5] else None
-    tensors = [Tensor._from_op(o, node, i) for i, o in enumerate(outs)]
-    return _unflatten(saved[4], tensors)
+    return _unflatten(saved[4], list(Tensor._from_outputs(outs, node)))
 
 
 def time_slices(xs: Any) -> Any:

@@ -24,6 +24,7 @@ from .tensor import Tensor
 
 REGISTRY: dict[str, type[Primitive]] = {}
 _new = object.__new__
+_ndarray = np.ndarray  # a global, not a module attribute: apply reads it per operation
 
 
 def register(cls: type[Primitive]) -> type[Primitive]:
@@ -64,6 +65,10 @@ class Primitive:
                 a = inputs[0]
                 out, saved = cls.forward(a.data, **params) if params else cls.forward(a.data)
                 needs = (a._requires_grad,)
+            elif n == 3:  # linear(h, W, xp_t), addcmul, lerp: once or twice per cell step
+                a, b, c = inputs
+                out, saved = cls.forward(a.data, b.data, c.data, **params)
+                needs = (a._requires_grad, b._requires_grad, c._requires_grad)
             else:
                 arrays, flags = [], []
                 for t in inputs:
@@ -78,6 +83,9 @@ class Primitive:
             cls.check(*arrays, **params)
             shapes = ", ".join(str(a.shape) for a in arrays)
             raise ShapeError(f"{cls.name}: {e} (input shapes {shapes})") from None
+        single = cls.nout == 1
+        if single and type(out) is not _ndarray:
+            out = np.asarray(out)
         m = get_mode()
         node = None
         if m & GRAD and True in needs:
@@ -88,6 +96,9 @@ class Primitive:
             elif n == 1:
                 ra = a._ref
                 ins = (a if ra is None else ra,)
+            elif n == 3:
+                ra, rb, rc = a._ref, b._ref, c._ref
+                ins = (a if ra is None else ra, b if rb is None else rb, c if rc is None else rc)
             else:
                 entries = []
                 for t in inputs:
@@ -95,20 +106,18 @@ class Primitive:
                     entries.append(t if rt is None else rt)
                 ins = tuple(entries)
             where = user_source_line() if m & ANOMALY else None
-            if cls.nout == 1:
-                if type(out) is not np.ndarray:
-                    out = np.asarray(out)
+            if single:
                 node = Node(cls, ins, saved, needs, None, where, out.shape, out.dtype)
             else:
                 node = Node(cls, ins, saved, needs, len(out), where)
         if m & ANOMALY:
             where = node.where if node is not None else user_source_line()
             check_finite(cls.name, "output", list(out) if cls.nout is None else [out], where)
-        if cls.nout == 1:  # Tensor._from_op, inlined: this runs once per operation
+        if single:  # Tensor._from_op, inlined: this runs once per operation
             t = _new(Tensor)
-            t.data = out if type(out) is np.ndarray else np.asarray(out)
+            t.data = out
             t.grad = None
             t._node = t._ref = node
             t._requires_grad = node is not None
             return t
-        return tuple([Tensor._from_op(o, node, i) for i, o in enumerate(out)])
+        return Tensor._from_outputs(out, node)

@@ -50,19 +50,32 @@ class Tensor:
         self.requires_grad = requires_grad
 
     @staticmethod
-    def _from_op(out: Any, node: engine.Node | None, idx: int | None = None) -> Tensor:
-        """Wrap an operation's result (output `idx` of a multi-output record) without the checks
-        of __init__ (hot path)."""
+    def _from_op(out: Any, node: engine.Node | None) -> Tensor:
+        """Wrap an operation's (single) result without the checks of __init__ (hot path)."""
         t = Tensor.__new__(Tensor)
         t.data = out if type(out) is np.ndarray else np.asarray(out)
         t.grad = None
         t._node = t._ref = node
         t._requires_grad = node is not None
-        if idx is not None:
-            t._idx = idx
-            if node is not None:
-                t._ref = engine.Port(node, idx, t.data.shape, t.data.dtype)
         return t
+
+    @staticmethod
+    def _from_outputs(outs: Any, node: engine.Node | None) -> tuple[Tensor, ...]:
+        """Wrap each output of a multi-output record, with its Port (one call for all of them:
+        a cell's gates run once per step)."""
+        new, port_t, ts = object.__new__, engine.Port, []
+        for i, o in enumerate(outs):
+            t = new(Tensor)
+            t.data = o = o if type(o) is np.ndarray else np.asarray(o)
+            t.grad = None
+            t._node, t._idx = node, i
+            t._requires_grad = node is not None
+            t._ref = None
+            if node is not None:  # Port(node, i, shape, dtype) without the call to __init__
+                t._ref = p = new(port_t)
+                p._node, p._idx, p.shape, p.dtype, p.grad = node, i, o.shape, o.dtype, None
+            ts.append(t)
+        return tuple(ts)
 
     # ------------------------------------------------------------------ autograd state
     @property
