@@ -649,7 +649,11 @@ class Stack(Primitive):
 
     @staticmethod
     def forward(*xs, axis):
-        y = np.stack(xs, axis=axis)
+        if xs and xs[0].ndim and axis % (xs[0].ndim + 1) == 0 and len({x.shape for x in xs}) == 1:
+            # unroll's outputs: one concatenate is 2-3x faster than np.stack's Python code
+            y = np.concatenate(xs).reshape((len(xs),) + xs[0].shape)
+        else:
+            y = np.stack(xs, axis=axis)
         return y, axis % y.ndim
 
     @staticmethod
