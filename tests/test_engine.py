@@ -994,6 +994,15 @@ def test_getitem_grads_have_the_leaf_shape_and_accumulate(index: Any) -> None:
     np.testing.assert_allclose(x.grad, expected.reshape(x_np.shape), rtol=1e-6)
 
 
+@pytest.mark.parametrize("shapes", [[(2,), (1,), (3,)], [(2, 3), (1, 3)], [(1, 3), (1, 2)]])
+def test_stack_of_different_shapes_raises_even_where_their_sizes_add_up(
+        shapes: list[tuple[int, ...]]) -> None:
+    # (2,) (1,) (3,) concatenate to 6 numbers, which reshape to (3, 2) without complaint
+    parts = [tg.Tensor(np.ones(s), requires_grad=True) for s in shapes]
+    with pytest.raises(ShapeError, match="stack: all inputs must have the same shape"):
+        tg.stack(parts)
+
+
 @pytest.mark.parametrize("axis", [0, 1, -1, -2])
 def test_concat_stack_split_with_any_axis(axis: int) -> None:
     rng = np.random.default_rng(11)
