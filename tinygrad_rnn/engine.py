@@ -2,10 +2,11 @@
 
 Every differentiable operation that has an input requiring grad appends one `Node` to the graph
 of its output: the primitive, its inputs (leaf tensors, or the records that produced them), what
-the primitive saved for its derivative and a sequence number. Sequence numbers grow in recording order, so the tape of a root is simply the
-nodes reachable from it, sorted by sequence number; `backward` replays that tape from the last
-record to the first, iteratively (no recursion, so a 10,000-step unroll is fine), and then frees
-it. Un-broadcasting of gradients happens here, once, for every primitive.
+the primitive saved for its derivative and a sequence number. Sequence numbers grow in
+recording order, so the tape of a root is simply the nodes reachable from it, sorted by sequence
+number; `backward` replays that tape from the last record to the first, iteratively (no
+recursion, so a 10,000-step unroll is fine), and then frees it. Un-broadcasting of gradients
+happens here, once, for every primitive.
 """
 
 from __future__ import annotations
