@@ -525,6 +525,29 @@ def test_maximum_ties_give_half_to_each_input() -> None:
     np.testing.assert_array_equal(gb, [0.5, 1.0])
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("size", [64, 8192])  # sigmoid clamps small arrays, not large ones
+def test_sigmoid_tails_are_right_and_quiet_at_any_size(dtype: Any, size: int) -> None:
+    x = np.linspace(-2000.0, 2000.0, size).astype(dtype)
+    e = np.exp(-np.abs(x.astype(np.float64)))  # the reference: exp never overflows
+    ref = np.where(x >= 0, 1.0, e) / (1.0 + e)
+    t = tg.Tensor(x, requires_grad=True)
+    # what numpy warns about by default raises here (underflow to 0 is right, and ignored)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        y = tg.sigmoid(t)
+        y.backward(np.ones_like(x))
+        (gate,) = tg.gates(tg.Tensor(x), ("sigmoid",))
+    assert y.dtype == dtype and gate.dtype == dtype
+    np.testing.assert_array_equal(gate.data, y.data)
+    tiny, eps = np.finfo(dtype).tiny, np.finfo(dtype).eps
+    normal = ref >= tiny
+    np.testing.assert_allclose(y.data[normal], ref[normal], rtol=4 * eps, atol=0)
+    assert (y.data[~normal] <= tiny).all() and (y.data >= 0).all()  # subnormal or 0 below
+    np.testing.assert_allclose(t.grad, y.data * (1 - y.data), rtol=4 * eps, atol=tiny)
+    nan = tg.sigmoid(np.full(size, np.nan, dtype))
+    assert np.isnan(nan.data).all()
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_logsumexp_is_stable_for_huge_inputs(dtype: Any) -> None:
     x = np.array([[1e4, 1e4 - 1.0, -1e4], [-1e4, -1e4, -1e4 - 2.0]], dtype=dtype)
