@@ -844,3 +844,19 @@ def test_docstring_example_runs() -> None:
     namespace: dict[str, Any] = {}
     exec(compile(source, "<gradcheck docstring>", "exec"), namespace)  # noqa: S102
     namespace["test_my_cell_bptt"]()
+
+
+def test_gates_takes_any_sequence_of_activations_and_integer_input() -> None:
+    x = np.linspace(-2.0, 2.0, 12).reshape(2, 6)
+    want = [o.data for o in tg.gates(x, ("tanh", "sigmoid", "identity"))]
+    for acts in (["tanh", "sigmoid", "identity"], ("tanh", "sigmoid", "identity")):
+        for o, w in zip(tg.gates(x, acts), want):
+            np.testing.assert_array_equal(o.data, w)
+    ints = tg.gates(np.arange(6).reshape(1, 6), ["tanh", "sigmoid", "identity"])
+    floats = tg.gates(np.arange(6.0).reshape(1, 6), ("tanh", "sigmoid", "identity"))
+    for o, w in zip(ints, floats):
+        assert o.dtype.kind == "f"
+        np.testing.assert_array_equal(o.data, w.data)
+    for bad in ([["tanh"], "sigmoid", "identity"], (["tanh"], "sigmoid", "identity")):
+        with pytest.raises(ValueError, match="gates: activations"):
+            tg.gates(x, bad)

@@ -1024,7 +1024,11 @@ def gates(x: Any, activations: Sequence[str]) -> tuple[Tensor, ...]:
     ("sigmoid", "tanh", "relu" or "identity"), as one record: an LSTM's i, f, g, o =
     gates(z, ("sigmoid", "sigmoid", "tanh", "sigmoid")). Same values as chunk + activations."""
     t = x if isinstance(x, Tensor) else _t(x)
-    acts = activations if activations in _CHECKED_GATES else _check_gates(activations)
+    try:
+        known = activations in _CHECKED_GATES
+    except TypeError:  # unhashable, e.g. a list: _check_gates makes it a tuple
+        known = False
+    acts = activations if known else _check_gates(activations)
     if t.data.ndim == 0 or t.data.shape[-1] % len(acts):
         raise ShapeError(f"gates: the last axis of shape {t.shape} does not split into "
                          f"{len(acts)} equal chunks")
