@@ -363,7 +363,7 @@ ONE = _Constants(1)
 # exp(-x) overflows for x below about -88 (float32); 1 / (1 + inf) = 0 is then right up to
 # subnormals, and only numpy's overflow warning is unwanted. Two ways to avoid it, each cheaper
 # at one end: clamping -x at these bounds costs an extra pass (0.6 us at 128 float32 values, 8 us
-# at 16k), errstate a constant ~1.3 us per call. Small arrays clamp, large ones use errstate.
+# at 16k), errstate a constant 0.5-1.5 us per call. Small arrays clamp, large ones use errstate.
 # The bounds are just below the overflow point, so 1 / (1 + exp(bound)) is subnormal: below
 # -bound the two ways differ (float32: 6e-39 against 0), but no normal result depends on the
 # array's size (tested).
