@@ -20,21 +20,20 @@ Contenders (same weights, same dtype, same process):
 - torch-custom  the same cell as an eager PyTorch Python loop over time, projection hoisted.
 
 Method: gradients of every contender are checked against numpy once (this is also the first
-warm-up), then one more warm-up call calibrates the inner iteration count so that a repeat lasts
-at least --min-time seconds; repeats are interleaved round-robin (the starting contender rotates)
-so that machine noise hits everyone alike; the median over the repeats is reported. A ratio
-A/B is the median over the repeats of A's time / B's time within the same round (blocks that ran
-back to back), which cancels the machine's slow drift better than a ratio of two medians (also
-in the JSON). The garbage collector stays on while timing (a user's training loop pays for the
-collections its allocations trigger), but runs a full collection before each timed block,
-outside the clock. Peak memory
-per step is measured by tracemalloc in a separate, untimed run (tracemalloc sees numpy's buffers,
-not torch's). Minor page faults per call (getrusage, counted around the timed blocks) are reported
-too: a step that returns freed memory to the OS and takes it back pays ~1-2 us per 4 KiB page in
-the kernel, and how much glibc's malloc returns depends on the process's history. With
+warm-up), then one more warm-up call calibrates the inner iteration count so that a repeat lasts at
+least --min-time seconds; repeats are interleaved round-robin (the starting contender rotates) so
+that machine noise hits everyone alike; the median over the repeats is reported. A ratio A/B is the
+median over the repeats of A's time / B's time within the same round (blocks that ran back to back),
+which cancels the machine's slow drift better than a ratio of two medians (also in the JSON). The
+garbage collector stays on while timing (a user's training loop pays for the collections its
+allocations trigger), but runs a full collection before each timed block, outside the clock. Peak
+memory per step is measured by tracemalloc in a separate, untimed run (tracemalloc sees numpy's
+buffers, not torch's). Minor page faults per call (getrusage, counted around the timed blocks) are
+reported too: a step that returns freed memory to the OS and takes it back pays ~1-2 us per 4 KiB
+page in the kernel, and how much glibc's malloc returns depends on the process's history. With
 --malloc-keep, glibc is told to keep freed memory (mallopt; the same for every contender), which
-shows that share. The engine overhead per recorded op is (ours - numpy) / (number of Nodes recorded in
-one step) at a tiny size, also expressed in units of one tiny np.add ((1, 32) float32) timed in
+shows that share. The engine overhead per recorded op is (ours - numpy) / (number of Nodes recorded
+in one step) at a tiny size, also expressed in units of one tiny np.add ((1, 32) float32) timed in
 the same run.
 """
 
