@@ -372,6 +372,20 @@ _EXP_MAX = {np.dtype(t): np.array(v, dtype=t) for t, v in
 _CLAMP_BELOW = 2048  # elements: where the clamp's pass starts to cost more than errstate
 
 
+def _sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """1 / (1 + exp(-x)), accurate in both tails, into `out` (which may be x) or a new array;
+    x is a float array with at least one axis."""
+    y = np.negative(x, out)
+    if y.size < _CLAMP_BELOW:
+        np.minimum(y, _EXP_MAX.get(y.dtype, 709.0), out=y)
+        np.exp(y, y)
+    else:
+        with np.errstate(over="ignore"):
+            np.exp(y, y)
+    np.add(y, ONE[y.dtype], y)
+    return np.reciprocal(y, y)
+
+
 @register
 class Sigmoid(Primitive):
     name = "sigmoid"
@@ -381,15 +395,7 @@ class Sigmoid(Primitive):
         if x.ndim == 0 or x.dtype.kind != "f":  # ufuncs return scalars for 0-d: no out= there
             y, _ = Sigmoid.forward(np.asarray(x, dtype=np.result_type(x, np.float16))[None])
             return y[0], y[0]
-        y = np.negative(x)
-        if y.size < _CLAMP_BELOW:
-            np.minimum(y, _EXP_MAX.get(y.dtype, 709.0), out=y)
-            np.exp(y, y)
-        else:
-            with np.errstate(over="ignore"):
-                np.exp(y, y)
-        np.add(y, ONE[y.dtype], y)
-        np.reciprocal(y, y)  # 1 / (1 + exp(-x)): accurate in both tails
+        y = _sigmoid(x)
         return y, y
 
     @staticmethod
@@ -798,7 +804,7 @@ def _tanh_into(y: np.ndarray) -> np.ndarray:
 
 
 def _sigmoid_into(y: np.ndarray) -> np.ndarray:
-    return Sigmoid.forward(y)[0]
+    return _sigmoid(y, y)  # linear's y is float with at least one axis (x @ w.T is never 0-d)
 
 
 def _tanh_grad(g: np.ndarray, y: np.ndarray) -> np.ndarray:
