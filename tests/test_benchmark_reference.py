@@ -99,7 +99,7 @@ def test_suite_machinery_on_a_tiny_case():
     assert res["ratios"]["ours-layer/numpy"] > 0
     assert all(v > 0 for v in res["peak_bytes"].values())
     ov = bench.run_overhead("rnn", repeats=1, min_time=0.0)
-    assert ov["ops"]["ours-layer"] >= TINY.T  # at least one record per time step
+    assert 1 <= ov["ops"]["ours-layer"] < TINY.T  # compiled: the unroll is one scan record
     res["config"] = "S"
     targets = bench.collect_targets([res], [ov])
     text = bench.report({"machine": bench.machine_info(), "blas": bench.blas_info(),

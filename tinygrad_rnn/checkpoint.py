@@ -228,3 +228,24 @@ def checkpointed_unroll(step: Callable[..., Any], xs: Tensor, state: Any, every:
             ys.add(y)
         ys_seg = y = None  # type: ignore[assignment]  # each step's output is held once: in ys
     return ys.result(), state
+
+
+def checkpointed_scan(plan: Any, step: Callable[..., Any], xs: Tensor, state: Any, every: int,
+                      project: Callable[[Tensor], Any] | None = None) -> tuple[Tensor, Any]:
+    """A compiled unroll in segments of `every` steps, each segment (its projection and its scan)
+    under `checkpoint`; the segments' outputs joined by one record."""
+    from . import scan
+    if not isinstance(every, (int, np.integer)) or isinstance(every, bool) or every < 1:
+        raise ValueError(f"unroll: checkpoint_every must be a positive int, got {every!r}")
+
+    def segment(spec: Any, xs_seg: Tensor, *flat_state: Tensor) -> Any:
+        s = _unflatten(spec, list(flat_state)) if spec is not None else None
+        return scan.execute(plan, step, project(xs_seg) if project is not None else xs_seg, s)
+
+    outs = []
+    for xs_seg in ops.split(xs, int(every), axis=0):
+        flat: list[Tensor] = []
+        spec = _flatten(state, flat, constants=True) if state is not None else None
+        ys_seg, state = checkpoint(segment, spec, xs_seg, *flat)
+        outs.append(ys_seg)
+    return (ops.concat(outs, 0) if len(outs) > 1 else outs[0]), state

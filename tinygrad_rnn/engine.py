@@ -33,7 +33,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Recording mode, per thread and per asyncio task (as PyTorch's grad mode is per thread): a
 # ContextVar read costs ~50 ns, a third of a threading.local attribute, and it is read per op.
-GRAD, ANOMALY = 1, 2
+GRAD, ANOMALY, TRACE = 1, 2, 4  # TRACE: primitives go to scan.py's tracer, not to the tape
 _MODE: ContextVar[int] = ContextVar("tinygrad_rnn_mode", default=GRAD)
 get_mode = _MODE.get
 _seq = itertools.count()

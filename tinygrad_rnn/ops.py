@@ -20,6 +20,10 @@ from .tensor import Axis, Tensor, _const
 
 class _Elementwise(Primitive):
     @classmethod
+    def batches(cls, varying: tuple[bool, ...], ndims: tuple[int, ...]) -> bool:
+        return True  # broadcasting takes a leading time axis as it is
+
+    @classmethod
     def check(cls, *arrays: np.ndarray, **params: Any) -> None:
         try:
             np.broadcast_shapes(*(a.shape for a in arrays))
@@ -140,7 +144,7 @@ class Div(_Elementwise):
 
 
 @register
-class Neg(Primitive):
+class Neg(_Elementwise):
     name = "neg"
 
     @staticmethod
@@ -153,7 +157,7 @@ class Neg(Primitive):
 
 
 @register
-class Pow(Primitive):
+class Pow(_Elementwise):
     name = "pow"
 
     @staticmethod
@@ -206,6 +210,10 @@ class MatMul(Primitive):
         return ga, gb
 
     @classmethod
+    def batches(cls, varying, ndims):  # a step's (..., n) @ a weight (n, m): a (T, ..., n) @ w
+        return varying[0] and not varying[1] and ndims[1] == 2
+
+    @classmethod
     def check(cls, a, b):
         if a.ndim == 0 or b.ndim == 0:
             raise ShapeError(f"matmul: shapes {a.shape} and {b.shape}: both operands need at "
@@ -252,10 +260,28 @@ class Linear(Primitive):
     @staticmethod
     def backward(g, saved, needs):  # dx = G W, dW = G^T X, db = G (summed over broadcast axes)
         if len(saved) == 5:  # act(x W^T + b): the chain rule through act first
-            x, w, bias_shapes, act, y = saved
-            g = _ACTIVATION_GRAD[act](g, y)
-        else:
-            x, w, bias_shapes = saved
+            g = _ACTIVATION_GRAD[saved[3]](g, saved[4])
+        return Linear._grads(g, saved, needs)
+
+    @staticmethod
+    def local(saved):  # act'(y) for all steps at once (scan; linear with act only)
+        return _ACTIVATION_LOCAL[saved[3]](saved[4])
+
+    @staticmethod
+    def backward_local(g, d, saved, needs):
+        return Linear._grads(g * d, saved, needs)
+
+    @classmethod
+    def local_for(cls, params):
+        return cls.local if params.get("act") else None
+
+    @classmethod
+    def batches(cls, varying, ndims):  # steps' x (T, ..., in) against one weight
+        return not varying[1]
+
+    @staticmethod
+    def _grads(g, saved, needs):  # g: the gradient of x W^T + b (after the activation's)
+        x, w, bias_shapes = saved[:3]
         gx = g @ w if needs[0] else None
         gw = None
         stepwise = x.ndim >= 3
@@ -300,7 +326,7 @@ class Linear(Primitive):
 
 # ----------------------------------------------------------------------------- elementwise
 @register
-class Exp(Primitive):
+class Exp(_Elementwise):
     name = "exp"
 
     @staticmethod
@@ -314,7 +340,7 @@ class Exp(Primitive):
 
 
 @register
-class Log(Primitive):
+class Log(_Elementwise):
     name = "log"
 
     @staticmethod
@@ -327,7 +353,7 @@ class Log(Primitive):
 
 
 @register
-class Tanh(Primitive):
+class Tanh(_Elementwise):
     name = "tanh"
 
     @staticmethod
@@ -343,6 +369,15 @@ class Tanh(Primitive):
         np.subtract(ONE[d.dtype], d, d)
         np.multiply(d, g, d)
         return (d,)
+
+    @staticmethod
+    def local(y):  # 1 - y^2 for all steps at once (scan)
+        d = y * y
+        return np.subtract(ONE[d.dtype], d, d) if d.ndim else 1 - d
+
+    @staticmethod
+    def backward_local(g, d, y, needs):
+        return (g * d,)
 
 
 class _Constants(dict):
@@ -387,7 +422,7 @@ def _sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 
 @register
-class Sigmoid(Primitive):
+class Sigmoid(_Elementwise):
     name = "sigmoid"
 
     @staticmethod
@@ -407,9 +442,17 @@ class Sigmoid(Primitive):
         np.multiply(d, g, d)
         return (d,)
 
+    @staticmethod
+    def local(y):  # y (1 - y) for all steps at once (scan)
+        return y * (1 - y)
+
+    @staticmethod
+    def backward_local(g, d, y, needs):
+        return (g * d,)
+
 
 @register
-class Relu(Primitive):
+class Relu(_Elementwise):
     name = "relu"
 
     @staticmethod
@@ -421,9 +464,17 @@ class Relu(Primitive):
     def backward(g, y, needs):  # d relu(x) = [x > 0]
         return (g * (y > 0),)
 
+    @staticmethod
+    def local(y):  # [x > 0] for all steps at once (scan)
+        return y > 0
+
+    @staticmethod
+    def backward_local(g, mask, y, needs):
+        return (g * mask,)
+
 
 @register
-class Sqrt(Primitive):
+class Sqrt(_Elementwise):
     name = "sqrt"
 
     @staticmethod
@@ -437,7 +488,7 @@ class Sqrt(Primitive):
 
 
 @register
-class Abs(Primitive):
+class Abs(_Elementwise):
     name = "abs"
 
     @staticmethod
@@ -450,7 +501,7 @@ class Abs(Primitive):
 
 
 @register
-class Clip(Primitive):
+class Clip(_Elementwise):
     name = "clip"
 
     @staticmethod
@@ -772,6 +823,34 @@ class Gates(Primitive):
             np.multiply(dk, g, dk)
         return (d,)
 
+    @staticmethod
+    def local(saved):  # every chunk's derivative, for all steps at once (scan)
+        y, acts = saved
+        n = y.shape[-1] // len(acts)
+        d = np.empty_like(y)
+        for k, act in enumerate(acts):
+            yk, dk = y[..., k * n:(k + 1) * n], d[..., k * n:(k + 1) * n]
+            if act == "sigmoid":
+                np.subtract(ONE[y.dtype], yk, dk)
+                np.multiply(dk, yk, dk)
+            elif act == "tanh":
+                np.multiply(yk, yk, dk)
+                np.subtract(ONE[y.dtype], dk, dk)
+            elif act == "relu":
+                np.greater(yk, 0, out=dk, casting="unsafe")
+            else:
+                dk[...] = 1
+        return d
+
+    @staticmethod
+    def backward_local(gs, d, saved, needs):  # the chunks' gradients side by side, times d
+        if any(g is None for g in gs):
+            gs = [np.zeros(d.shape[:-1] + (d.shape[-1] // len(gs),), d.dtype) if g is None
+                  else g for g in gs]
+        dz = np.concatenate(gs, axis=-1)
+        np.multiply(dz, d, dz)
+        return (dz,)
+
 
 @register
 class Unbind(Primitive):
@@ -818,6 +897,7 @@ def _sigmoid_grad(g: np.ndarray, y: np.ndarray) -> np.ndarray:
 # linear's fused activations: forward on its fresh output, and the gradient through it
 _ACTIVATE = {"tanh": _tanh_into, "sigmoid": _sigmoid_into}
 _ACTIVATION_GRAD = {"tanh": _tanh_grad, "sigmoid": _sigmoid_grad}
+_ACTIVATION_LOCAL = {"tanh": Tanh.local, "sigmoid": Sigmoid.local}
 
 
 # ----------------------------------------------------------------------------- functions

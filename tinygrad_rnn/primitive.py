@@ -14,15 +14,17 @@ way and call `MyOp.apply(x, y, **params)`.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from contextvars import ContextVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from .engine import ANOMALY, GRAD, Node, check_finite, get_mode, user_source_line
+from .engine import ANOMALY, GRAD, TRACE, Node, check_finite, get_mode, user_source_line
 from .errors import ShapeError
 from .tensor import Tensor
 
 REGISTRY: dict[str, type[Primitive]] = {}
+TRACER: ContextVar[Any] = ContextVar("tinygrad_rnn_tracer", default=None)  # see scan.py
 _new = object.__new__
 _ndarray = np.ndarray  # a global, not a module attribute: apply reads it per operation
 
@@ -38,6 +40,31 @@ class Primitive:
 
     name: ClassVar[str] = "primitive"
     nout: ClassVar[int | None] = 1
+
+    # The scan protocol (scan.py): how a compiled unroll runs this primitive at every step.
+    # scan: False if forward or backward has a side effect, so the step cannot be replayed.
+    scan: ClassVar[bool] = True
+    # local(saved) -> what backward needs that does not depend on g, called once on the saved
+    # values of all steps stacked along a new leading axis; then backward_local(g, local_t,
+    # saved, needs) replaces backward at each step. None: backward runs at each step.
+    local: ClassVar[Callable[..., Any] | None] = None
+
+    @staticmethod
+    def backward_local(g: Any, local: Any, saved: Any,
+                       needs: tuple[bool, ...]) -> tuple[np.ndarray | None, ...]:
+        raise NotImplementedError
+
+    @classmethod
+    def local_for(cls, params: dict[str, Any]) -> Callable[..., Any] | None:
+        """The `local` to use for an application with these parameters (None: backward)."""
+        return cls.local
+
+    @classmethod
+    def batches(cls, varying: tuple[bool, ...], ndims: tuple[int, ...]) -> bool:
+        """True if forward and backward also accept the time-varying inputs (and saved values)
+        stacked along a new leading time axis, the others broadcast: the gradient of a weight
+        is then one backward call over all steps. `ndims` are the inputs' per-step ranks."""
+        return False
 
     @staticmethod
     def forward(*arrays: np.ndarray, **params: Any) -> tuple[Any, Any]:
@@ -87,6 +114,8 @@ class Primitive:
         if single and type(out) is not _ndarray:
             out = np.asarray(out)
         m = get_mode()
+        if m & TRACE:  # inside a traced step (scan.py): an instruction, not a record
+            return TRACER.get().record(cls, inputs, params, out)
         node = None
         if m & GRAD and True in needs:
             # the record keeps leaves, and records or Ports for recorded inputs: not their data

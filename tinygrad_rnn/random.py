@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar, Token
+from typing import Callable
+
 import numpy as np
 
 _rng = np.random.default_rng()
@@ -13,9 +16,25 @@ def manual_seed(seed: int) -> None:
     _rng = np.random.default_rng(seed)
 
 
+# called at each draw in this thread/task (the scan's tracer watches for random ops: scan.py)
+_WATCH: ContextVar[Callable[[], None] | None] = ContextVar("tinygrad_rnn_draw", default=None)
+
+
 def rng() -> np.random.Generator:
     """The current generator (replaced by `manual_seed`, so fetch it at each use)."""
+    w = _WATCH.get()
+    if w is not None:
+        w()
     return _rng
+
+
+def watch(callback: Callable[[], None] | None) -> Token[Callable[[], None] | None]:
+    """Have `callback` called at every draw from this thread until `unwatch(token)`."""
+    return _WATCH.set(callback)
+
+
+def unwatch(token: Token[Callable[[], None] | None]) -> None:
+    _WATCH.reset(token)
 
 
 def get_state() -> dict:

@@ -20,7 +20,8 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import ops
-from ..checkpoint import checkpointed_unroll, time_slices
+from .. import scan
+from ..checkpoint import checkpointed_scan, checkpointed_unroll, time_slices
 from ..errors import ShapeError
 from ..random import rng
 from ..tensor import Tensor
@@ -40,12 +41,15 @@ def _as_tensor(x: Any, who: str) -> Tensor:
 
 
 def unroll(cell: Callable[..., Any], xs: Any, state: State = None, batch_first: bool = False,
-           checkpoint_every: int | None = None) -> tuple[Tensor, State]:
+           checkpoint_every: int | None = None, compile: bool = True) -> tuple[Tensor, State]:
     """Run `cell` over the time axis of xs (T, B, ...) (or (B, T, ...) with batch_first).
 
     Returns (ys, final_state) with ys the stacked y_t along the same time axis. BPTT comes from the
-    tape. With `checkpoint_every=k` only every k-th state is kept; the steps between are recomputed
-    during backward (memory O(T/k + k), identical gradients)."""
+    tape. With `compile=True` the cell's step is traced once and the unroll is one scan record
+    (tinygrad_rnn.scan; same results, far less Python per step); a cell that cannot be traced
+    safely runs per op, with one warning per cell class. With `checkpoint_every=k` only every
+    k-th state is kept; the steps between are recomputed during backward (memory O(T/k + k),
+    identical gradients)."""
     xs = _as_tensor(xs, "unroll")
     if xs.ndim < 2:
         raise ShapeError(f"unroll: xs must have a time and a batch axis, got shape {xs.shape}")
@@ -56,10 +60,22 @@ def unroll(cell: Callable[..., Any], xs: Any, state: State = None, batch_first: 
         state = cell.initial_state(xs.shape[1])
     project = getattr(cell, "project", None)
     if checkpoint_every is not None:  # projects segment by segment: memory stays O(T/k + k)
-        ys, state = checkpointed_unroll(step, xs, state, checkpoint_every, project)
+        plan = None
+        if compile:  # traced on the first steps' projection alone
+            plan = scan.prepare(cell, step, project(xs[:3]) if project is not None else xs,
+                                state)
+        if plan is not None:
+            ys, state = checkpointed_scan(plan, step, xs, state, checkpoint_every, project)
+        else:
+            ys, state = checkpointed_unroll(step, xs, state, checkpoint_every, project)
+        return (ops.swapaxes(ys, 0, 1) if batch_first else ys), state
+    xp = project(xs) if project is not None else xs
+    plan = scan.prepare(cell, step, xp, state) if compile else None
+    if plan is not None:
+        ys, state = scan.execute(plan, step, xp, state)
     else:
         ys_list = []
-        for x_t in time_slices(project(xs) if project is not None else xs):
+        for x_t in time_slices(xp):
             y, state = step(x_t, state)
             ys_list.append(y)
         ys = ops.stack(ys_list, 0)
@@ -72,14 +88,16 @@ class Recurrent(Module):
     """Wrap a cell as a sequence layer: `forward(x, state=None) -> (outputs, final_state)`."""
 
     def __init__(self, cell: Callable[..., Any], batch_first: bool = False,
-                 checkpoint_every: int | None = None) -> None:
+                 checkpoint_every: int | None = None, compile: bool = True) -> None:
         super().__init__()
         self.cell = cell
         self.batch_first = batch_first
         self.checkpoint_every = checkpoint_every
+        self.compile = compile
 
     def forward(self, x: Any, state: State = None) -> tuple[Tensor, State]:
-        return unroll(self.cell, x, state, self.batch_first, self.checkpoint_every)
+        return unroll(self.cell, x, state, self.batch_first, self.checkpoint_every,
+                      self.compile)
 
 
 # ----------------------------------------------------------------------------- built-in cells
@@ -124,7 +142,9 @@ class _CellBase(Module):
         return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
 
     def initial_state(self, batch_size: int) -> State:
-        return None  # `step` builds zeros of the right shape and dtype
+        """Zeros (B, H) in the weights' dtype (LSTM: (h, c)), as PyTorch's default state."""
+        h = Tensor(np.zeros((batch_size, self.hidden_size), dtype=self.weight_hh.dtype))
+        return (h, Tensor(h.data.copy())) if self.gates == 4 else h
 
     def _zeros(self, like: Tensor) -> Tensor:
         return Tensor(np.zeros(like.shape[:-1] + (self.hidden_size,), dtype=like.dtype))
@@ -244,7 +264,7 @@ class _RNNBase(Module):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  nonlinearity: str = "tanh", dtype: Any = np.float32,
-                 checkpoint_every: int | None = None) -> None:
+                 checkpoint_every: int | None = None, compile: bool = True) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"{type(self).__name__}: num_layers must be >= 1, got {num_layers}")
@@ -257,6 +277,7 @@ class _RNNBase(Module):
         self.bias, self.batch_first, self.dropout = bias, batch_first, dropout
         self.bidirectional, self.nonlinearity = bidirectional, nonlinearity
         self.checkpoint_every = checkpoint_every
+        self.compile = compile
         dirs = 2 if bidirectional else 1
         k = 1.0 / math.sqrt(hidden_size)
         gh = self.cell_class.gates * hidden_size
@@ -345,7 +366,7 @@ class _RNNBase(Module):
                 i = layer * dirs + d
                 xs = x if d == 0 else x[::-1]
                 ys, s = unroll(self._cells[i], xs, init[i],
-                               checkpoint_every=self.checkpoint_every)
+                               checkpoint_every=self.checkpoint_every, compile=self.compile)
                 outs.append(ys if d == 0 else ys[::-1])
                 finals.append(s)
             x = outs[0] if dirs == 1 else ops.concat(outs, axis=-1)

@@ -1,0 +1,825 @@
+"""Compiled recurrences: a cell's step traced once, the whole unroll run as one record (a scan).
+
+`nn.unroll(compile=True)` calls the cell twice under a tracer: every primitive it applies is
+recorded as an instruction (which primitive, which inputs — the step's input slice, a state part,
+a tensor the cell closes over, or an earlier instruction's output — which parameters) instead of
+as a tape record. If the two steps give the same program, it is turned into two plain Python
+functions, one running the steps forward and one replaying one step's tape backwards for
+t = T-1..0, and the whole unroll becomes one `Scan` record on the tape. BPTT is still tape replay:
+the tape of one step, replayed T times, with no Tensor or Node per operation.
+
+The scan protocol, declared by each primitive next to its forward and backward (`Primitive`):
+- `local(saved)`: the part of the derivative that does not depend on the incoming gradient (tanh's
+  1 - y^2). The scan calls it once on the saved values of all steps stacked along a new leading
+  time axis, and per step calls `backward_local(g, local_t, saved_t, needs)` instead of `backward`.
+- `batches(varying, ndims)`: True if forward and backward also work when the time-varying inputs
+  are stacked along a new leading axis and the others are broadcast. The gradient of a tensor the
+  cell closes over (a weight) is then one `backward` call over all steps (one GEMM for `linear`),
+  handed to the engine one piece per step, in time order (see engine.Deferred).
+A primitive without either runs its ordinary forward and backward once per step. A primitive with
+`scan = False` (a side effect such as `checkpoint`) makes the cell run on the per-op tape.
+
+A cell that cannot be traced safely (it reads a tensor's values, draws random numbers, or its
+program differs from step to step) runs on the per-op tape, with one warning per cell class.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from contextvars import ContextVar
+from typing import Any, Callable
+
+import numpy as np
+
+from . import random as _random
+from .engine import ANOMALY, GRAD, TRACE, Deferred, Pieces, _MODE, check_finite, unbroadcast
+from .errors import AnomalyError
+from .primitive import TRACER, Primitive
+from .tensor import Tensor
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+_DATA = Tensor.__dict__["data"]  # the slot descriptor: _Traced reads its array through it
+
+
+class Fallback(Exception):
+    """The step cannot run as a scan; the message says why."""
+
+
+class _Traced(Tensor):
+    """A tensor inside a traced step: the cell's Python may pass it to primitives, but any read
+    of its values (which could steer the Python differently at another step) stops the scan."""
+
+    __slots__ = ()
+
+    @property  # type: ignore[override]
+    def data(self) -> np.ndarray:
+        code = sys._getframe(1).f_code
+        if not code.co_filename.startswith(_PKG_DIR):
+            _read(f"reads .data (at {code.co_filename}:{sys._getframe(1).f_lineno})")
+        return _DATA.__get__(self)
+
+    @data.setter
+    def data(self, value: np.ndarray) -> None:
+        _read("assigns .data")
+
+    def numpy(self) -> np.ndarray:
+        _read("calls .numpy()")
+        return _DATA.__get__(self)
+
+    def item(self) -> Any:
+        _read("calls .item()")
+        return _DATA.__get__(self).item()
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        _read("converts it with np.asarray / np.array")
+        return np.asarray(_DATA.__get__(self), dtype=dtype)
+
+    def __bool__(self) -> bool:
+        _read("uses it as a bool (if/while/and/or)")
+        return bool(_DATA.__get__(self))
+
+    def __float__(self) -> float:
+        _read("calls float() on it")
+        return float(_DATA.__get__(self))
+
+    def __int__(self) -> int:
+        _read("calls int() on it")
+        return int(_DATA.__get__(self))
+
+    def detach(self) -> Tensor:
+        _read("detaches it (a value the scan would freeze at the traced step)")
+        return Tensor._from_op(_DATA.__get__(self), None)
+
+    def _compare(self, other: Any, op: Callable[[Any, Any], Any]) -> Tensor:
+        _read("compares it (a mask computed from the step's values)")
+        other = _DATA.__get__(other) if isinstance(other, _Traced) else getattr(other, "data",
+                                                                                 other)
+        return Tensor(op(_DATA.__get__(self), other))
+
+    def __eq__(self, o: Any) -> Tensor:  # type: ignore[override]
+        return self._compare(o, np.equal)
+
+    def __ne__(self, o: Any) -> Tensor:  # type: ignore[override]
+        return self._compare(o, np.not_equal)
+
+    def __lt__(self, o: Any) -> Tensor:
+        return self._compare(o, np.less)
+
+    def __le__(self, o: Any) -> Tensor:
+        return self._compare(o, np.less_equal)
+
+    def __gt__(self, o: Any) -> Tensor:
+        return self._compare(o, np.greater)
+
+    def __ge__(self, o: Any) -> Tensor:
+        return self._compare(o, np.greater_equal)
+
+    __hash__ = Tensor.__hash__
+
+
+def _read(what: str) -> None:
+    tracer = TRACER.get()
+    if tracer is not None:
+        tracer.fail(f"the step {what} of a tensor computed inside it")
+
+
+def _traced(arr: Any, requires_grad: bool) -> _Traced:
+    t = object.__new__(_Traced)
+    _DATA.__set__(t, arr if type(arr) is np.ndarray else np.asarray(arr))
+    t.grad = None
+    t._node = t._ref = None
+    t._requires_grad = requires_grad
+    return t
+
+
+# ----------------------------------------------------------------------------- tracing
+class _Instr:
+    """One primitive application in the traced step; `ins`/`outs` are slot numbers."""
+
+    __slots__ = ("op", "ins", "params", "outs", "multi", "where")
+
+    def __init__(self, op: type[Primitive], ins: tuple[int, ...], params: dict[str, Any],
+                 outs: tuple[int, ...], multi: bool, where: str) -> None:
+        self.op, self.ins, self.params, self.outs, self.multi = op, ins, params, outs, multi
+        self.where = where
+
+
+class _Tracer:
+    """Records the primitives one call of a step applies. Slots: 'x' (the step's input parts),
+    's' (state parts), 'c' (tensors from outside the step), 'v' (instruction outputs)."""
+
+    def __init__(self) -> None:
+        self.slot_of: dict[int, int] = {}
+        self.keep: list[Tensor] = []  # every tensor seen, alive, so that ids stay unique
+        self.kinds: list[str] = []
+        self.shapes: list[tuple[int, ...]] = []
+        self.dtypes: list[np.dtype] = []
+        self.consts: list[Tensor] = []
+        self.const_slots: list[int] = []
+        self.instrs: list[_Instr] = []
+        self.failure: str | None = None
+
+    def fail(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
+
+    def _new_slot(self, t: Tensor, kind: str) -> int:
+        s = len(self.kinds)
+        arr = _DATA.__get__(t)
+        self.slot_of[id(t)] = s
+        self.keep.append(t)
+        self.kinds.append(kind)
+        self.shapes.append(arr.shape)
+        self.dtypes.append(arr.dtype)
+        return s
+
+    def placeholder(self, arr: np.ndarray, kind: str, requires_grad: bool) -> _Traced:
+        t = _traced(arr, requires_grad)
+        self._new_slot(t, kind)
+        return t
+
+    def slot(self, t: Tensor) -> int:
+        s = self.slot_of.get(id(t))
+        if s is None:  # a tensor from outside the step (a weight, a constant): an input
+            s = self._new_slot(t, "c")
+            self.consts.append(t)
+            self.const_slots.append(s)
+        return s
+
+    def record(self, op: type[Primitive], inputs: tuple[Tensor, ...], params: dict[str, Any],
+               out: Any) -> Any:
+        if not op.__dict__.get("scan", getattr(op, "scan", True)):
+            self.fail(f"it applies the primitive '{op.name}', which does not support the scan "
+                      f"(scan = False)")
+        ins = tuple(self.slot(t) for t in inputs)
+        needs = any(t._requires_grad for t in inputs)
+        multi = op.nout != 1
+        outs = [_traced(o, needs) for o in out] if multi else [_traced(out, needs)]
+        slots = tuple(self._new_slot(t, "v") for t in outs)
+        self.instrs.append(_Instr(op, ins, dict(params), slots, multi, _cell_line()))
+        return tuple(outs) if multi else outs[0]
+
+
+def _cell_line() -> str:
+    """'file:line in function' of the innermost caller outside this package (the cell's line)."""
+    f = sys._getframe(2)
+    while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
+        f = f.f_back  # type: ignore[assignment]
+    return "<unknown>" if f is None else f"{f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}"
+
+
+def _flatten(tree: Any, out: list[Any]) -> Any:
+    """The Tensors of a nested tuple/list into `out`; the structure with indices in their place
+    (None stays None)."""
+    if isinstance(tree, Tensor):
+        out.append(tree)
+        return len(out) - 1
+    if isinstance(tree, (tuple, list)):
+        return (type(tree), tuple(_flatten(t, out) for t in tree))
+    if tree is None:
+        return None
+    if isinstance(tree, np.ndarray):  # a numpy state part: a constant
+        out.append(Tensor(tree))
+        return len(out) - 1
+    raise Fallback(f"the state holds a {type(tree).__name__}, not only Tensors")
+
+
+def _unflatten(spec: Any, leaves: list[Any]) -> Any:
+    if spec is None:
+        return None
+    if isinstance(spec, int):
+        return leaves[spec]
+    kind, items = spec
+    return kind(_unflatten(s, leaves) for s in items)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal parameters or constants, also for arrays and nested sequences."""
+    if a is b:
+        return True
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        a, b = np.asarray(a), np.asarray(b)
+        return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    try:
+        return bool(type(a) is type(b) and a == b)
+    except Exception:
+        return False
+
+
+class _Trace:
+    """What one traced call of the step gave: its program and the next state's values."""
+
+    def __init__(self, tracer: _Tracer, nx: int, ns: int, state_spec: Any, y: int,
+                 new_spec: Any, new_slots: tuple[int, ...], new_state: Any) -> None:
+        self.t, self.nx, self.ns = tracer, nx, ns
+        self.state_spec, self.y, self.new_spec, self.new_slots = state_spec, y, new_spec, new_slots
+        self.new_state = new_state
+
+    def differs_from(self, other: _Trace) -> str | None:
+        """Why the two traced steps are not the same program, or None."""
+        a, b = self.t, other.t
+        if len(a.instrs) != len(b.instrs):
+            return f"the traced steps apply {len(a.instrs)} and {len(b.instrs)} primitives"
+        for k, (p, q) in enumerate(zip(a.instrs, b.instrs)):
+            if p.op is not q.op or p.ins != q.ins or p.outs != q.outs:
+                return (f"operation {k} of the step is '{p.op.name}' on slots {p.ins} in one "
+                        f"traced step and '{q.op.name}' on slots {q.ins} in the next")
+            if p.params.keys() != q.params.keys() or not all(
+                    _same(p.params[n], q.params[n]) for n in p.params):
+                return f"'{p.op.name}' (operation {k}) gets other parameters at the next step"
+        if a.kinds != b.kinds or a.shapes != b.shapes or a.dtypes != b.dtypes:
+            for s, (ka, kb, sa, sb, da, db) in enumerate(zip(a.kinds, b.kinds, a.shapes,
+                                                           b.shapes, a.dtypes, b.dtypes)):
+                if (ka, sa, da) != (kb, sb, db):
+                    return (f"a value of the step has shape {sa} and dtype {da} in one traced "
+                            f"step and shape {sb} and dtype {db} in the next")
+            return "the traced steps use different numbers of values"
+        for ca, cb in zip(a.consts, b.consts):
+            if ca is cb:
+                continue
+            if ca._requires_grad or cb._requires_grad or not _same(ca.data, cb.data):
+                return ("a tensor the step uses comes from outside the recorded operations and "
+                        "changes from one step to the next (made from values read inside the "
+                        "step, or by a random draw)")
+        if (self.y, self.new_spec, self.new_slots) != (other.y, other.new_spec, other.new_slots):
+            return "the traced steps return differently built outputs or states"
+        return None
+
+
+def trace_step(step: Callable[..., Any], x_parts: list[np.ndarray], x_needs: list[bool],
+               tuple_x: bool, state: Any) -> _Trace:
+    """Call `step` once under a tracer on the given input slices and state."""
+    tracer = _Tracer()
+    xs = [tracer.placeholder(a, "x", r) for a, r in zip(x_parts, x_needs)]
+    flat: list[Tensor] = []
+    spec = _flatten(state, flat)
+    leaves = [tracer.placeholder(t.data if isinstance(t, Tensor) else np.asarray(t), "s",
+                                 bool(getattr(t, "_requires_grad", False))) for t in flat]
+    token_t, token_m = TRACER.set(tracer), _MODE.set((_MODE.get() & ~GRAD) | TRACE)
+    watch = _random.watch(lambda: tracer.fail("it draws random numbers (dropout?), which "
+                                              "must differ from step to step"))
+    try:
+        y, new_state = step(tuple(xs) if tuple_x else xs[0], _unflatten(spec, leaves))
+    except Fallback:
+        raise
+    finally:
+        _random.unwatch(watch)
+        _MODE.reset(token_m)
+        TRACER.reset(token_t)
+    if tracer.failure is not None:
+        raise Fallback(tracer.failure)
+    if not isinstance(y, Tensor):
+        raise Fallback(f"the step returns an output of type {type(y).__name__}, not a Tensor")
+    new_flat: list[Tensor] = []
+    new_spec = _flatten(new_state, new_flat)
+    slots = tuple(tracer.slot(t) for t in new_flat)
+    y_slot = tracer.slot(y)
+    return _Trace(tracer, len(xs), len(leaves), spec, y_slot, new_spec, slots,
+                  _unflatten(new_spec, [_DATA.__get__(t) for t in new_flat]))
+
+
+class Plan:
+    """A verified step program, ready to run as a scan over any number of steps."""
+
+    def __init__(self, tr: _Trace, tuple_x: bool) -> None:
+        t = tr.t
+        self.instrs, self.kinds, self.shapes, self.dtypes = t.instrs, t.kinds, t.shapes, t.dtypes
+        self.consts, self.const_slots = t.consts, t.const_slots
+        self.nx, self.ns, self.y, self.tuple_x = tr.nx, tr.ns, tr.y, tuple_x
+        self.spec, self.new_slots = tr.new_spec, tr.new_slots
+        self.x_slots = tuple(range(self.nx))
+        self.s_slots = tuple(range(self.nx, self.nx + self.ns))
+        self.state_sig = [(self.shapes[s], self.dtypes[s]) for s in self.s_slots]
+        self.const_index = {s: k for k, s in enumerate(self.const_slots)}
+        self.F = [ins.op.forward for ins in self.instrs]
+        self.P = [ins.params for ins in self.instrs]
+        self.key = (tuple((ins.op, ins.ins, ins.outs, ins.multi, tuple(sorted(ins.params)))
+                          for ins in self.instrs),
+                    self.nx, self.ns, self.y, self.new_slots, tuple(self.const_slots),
+                    tuple(self.kinds), tuple(self.shapes), tuple(self.dtypes))
+        self._batch = [not ins.multi and ins.op.batches(
+            tuple(self.kinds[s] != "c" for s in ins.ins), tuple(len(self.shapes[s]) for s in ins.ins))
+            for ins in self.instrs]
+
+    def batchable(self, i: int) -> bool:
+        """Whether instruction i's weight gradients are computed once over all steps."""
+        return self._batch[i]
+
+    def forward_code(self, keep: bool, anomaly: bool) -> Callable[..., Any]:
+        return _cached(("f", self.key, keep, anomaly), lambda: _gen_forward(self, keep, anomaly))
+
+    def backward_code(self, needs: tuple[bool, ...], has_y_grad: bool) -> _Backward:
+        return _cached(("b", self.key, needs, has_y_grad),
+                       lambda: _Backward(self, needs, has_y_grad))
+
+    def fits(self, state: Any) -> bool:
+        """Whether `state` has the structure, shapes and dtypes the program was traced with."""
+        flat: list[Any] = []
+        try:
+            spec = _flatten(state, flat)
+        except Fallback:
+            return False
+        if spec != self.spec:
+            return False
+        return all(np.shape(getattr(t, "data", t)) == s and np.asarray(getattr(t, "data", t))
+                   .dtype == d for t, (s, d) in zip(flat, self.state_sig))
+
+
+def make_plan(step: Callable[..., Any], x_first: list[np.ndarray], x_needs: list[bool],
+              tuple_x: bool, state: Any) -> tuple[Plan, bool]:
+    """Trace the step on the first two (or three) input slices. Returns the plan and whether the
+    first step must run on the per-op tape (its program differs, e.g. a None initial state)."""
+    steps = x_first[0].shape[0]
+    t0 = trace_step(step, [x[0] for x in x_first], x_needs, tuple_x, state)
+    t1 = trace_step(step, [x[1] for x in x_first], x_needs, tuple_x, t0.new_state)
+    why = t0.differs_from(t1)
+    if why is None and t0.state_spec == t0.new_spec:
+        return Plan(t0, tuple_x), False
+    if steps < 3:
+        raise Fallback(why or "the state the step returns is built unlike the one it gets")
+    t2 = trace_step(step, [x[2] for x in x_first], x_needs, tuple_x, t1.new_state)
+    why2 = t1.differs_from(t2)
+    if why2 is not None or t1.state_spec != t1.new_spec:
+        raise Fallback(why2 or why or "the state the step returns is built unlike the one it gets")
+    return Plan(t1, tuple_x), True
+
+
+# ----------------------------------------------------------------------------- code generation
+def _fit(g: Any, shape: tuple[int, ...], dtype: np.dtype, name: str) -> Any:
+    """A per-step gradient brought to its slot's shape and dtype (the engine's un-broadcasting)."""
+    if g is None:
+        return None
+    if type(g) is Deferred:
+        g = g.value()
+    elif type(g) is Pieces:
+        g = np.sum(np.stack(g), axis=0)
+    g = np.asarray(g)
+    if g.shape != shape:
+        g = unbroadcast(g, shape, name)
+    if g.dtype != dtype:
+        g = g.astype(dtype)
+    return g
+
+
+def _acc(a: Any, b: Any) -> Any:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
+_CODE: dict[Any, Any] = {}  # generated functions by program structure: unrolls repeat
+
+
+def _cached(key: Any, make: Callable[[], Any]) -> Any:
+    fn = _CODE.get(key)
+    if fn is None:
+        if len(_CODE) > 512:
+            _CODE.clear()
+        fn = _CODE[key] = make()
+    return fn
+
+
+# The generated code is plain Python over local variables: v<slot> for values, g<slot> for their
+# gradients, K<i> for what instruction i saved at each step. `fn.source` holds the text.
+def _gen_forward(p: Plan, keep: bool, anomaly: bool) -> Callable[..., Any]:
+    L = ["def forward(T, X, S, C, F, P, Y, K, check):"]
+    for i, s in enumerate(p.x_slots):
+        L.append(f"    X{s} = X[{i}]")
+    for i, s in enumerate(p.s_slots):
+        L.append(f"    v{s} = S[{i}]")
+    for k, s in enumerate(p.const_slots):
+        L.append(f"    v{s} = C[{k}]")
+    for i, ins in enumerate(p.instrs):
+        L.append(f"    f{i} = F[{i}]")
+        if ins.params:
+            L.append(f"    p{i} = P[{i}]")
+        if keep:
+            L.append(f"    K{i} = K[{i}]")
+    L.append("    for t in range(T):")
+    for s in p.x_slots:
+        L.append(f"        v{s} = X{s}[t]")
+    for i, ins in enumerate(p.instrs):
+        args = ", ".join(f"v{s}" for s in ins.ins) + (f", **p{i}" if ins.params else "")
+        outs = ("(" + "".join(f"v{o}, " for o in ins.outs) + ")") if ins.multi else \
+            f"v{ins.outs[0]}"
+        L.append(f"        {outs}, k{i} = f{i}({args})")
+        if not ins.multi and len(p.shapes[ins.outs[0]]) == 0:  # numpy gives scalars for 0-d
+            L.append(f"        v{ins.outs[0]} = asarray(v{ins.outs[0]})")
+        if keep:
+            L.append(f"        K{i}[t] = k{i}")
+        if anomaly:
+            L.append(f"        check({i}, t, [{', '.join(f'v{o}' for o in ins.outs)}])")
+    L.append(f"        Y[t] = v{p.y}")
+    if p.ns:
+        L.append(f"        {', '.join(f'v{s}' for s in p.s_slots)}, = "
+                 f"{', '.join(f'v{s}' for s in p.new_slots)},")
+    L.append(f"    return [{', '.join(f'v{s}' for s in p.s_slots)}]")
+    return _compile(L, "forward", {"asarray": np.asarray})
+
+
+class _Backward:
+    """The generated backward of a plan for one pattern of needs, and what it was built on."""
+
+    def __init__(self, p: Plan, needs: tuple[bool, ...], has_y_grad: bool) -> None:
+        nx, ns, kinds = p.nx, p.ns, p.kinds
+        x_need, s_need, c_need = needs[:nx], needs[nx:nx + ns], needs[nx + ns:]
+        # which slots carry a gradient (a state part does if its next value does: a fixed point)
+        grad = [False] * len(kinds)
+        for flags, slots in ((x_need, p.x_slots), (s_need, p.s_slots),
+                             (c_need, p.const_slots)):
+            for f, s in zip(flags, slots):
+                grad[s] = bool(f)
+        changed = True
+        while changed:
+            for ins in p.instrs:
+                flag = any(grad[s] for s in ins.ins)
+                for o in ins.outs:
+                    grad[o] = flag
+            changed = False
+            for i, s in enumerate(p.s_slots):
+                if grad[p.new_slots[i]] and not grad[s]:
+                    grad[s] = changed = True
+        self.grad = grad
+        # per instruction: the needs passed at each step, and the inputs (weights) whose
+        # gradient is computed once over all steps instead
+        self.step_needs: list[tuple[bool, ...]] = []
+        self.batched: list[tuple[int, ...]] = []
+        for i, ins in enumerate(p.instrs):
+            can = p.batchable(i)
+            step_n, batch_n = [], []
+            for j, s in enumerate(ins.ins):
+                need = grad[s]
+                if need and kinds[s] == "c" and can:
+                    batch_n.append(j)
+                    need = False
+                step_n.append(need)
+            self.step_needs.append(tuple(step_n))
+            self.batched.append(tuple(batch_n))
+        self.uses_local = [ins.op.local_for(ins.params) is not None and any(n) and
+                           any(grad[o] for o in ins.outs)
+                           for ins, n in zip(p.instrs, self.step_needs)]
+        self.fn = self._generate(p, has_y_grad)
+
+    def _generate(self, p: Plan, has_y_grad: bool) -> Callable[..., Any]:
+        grad = self.grad
+        L = ["def backward(T, GY, GS, K, LOC, B, N, GX, GB, GC, fit, acc, check):"]
+        for i in range(len(p.s_slots)):
+            L.append(f"    n{i} = GS[{i}]")
+        for i, ins in enumerate(p.instrs):
+            L.append(f"    K{i} = K[{i}]; N{i} = N[{i}]; b{i} = B[{i}]")
+            if self.uses_local[i]:
+                L.append(f"    L{i} = LOC[{i}]")
+            if self.batched[i]:
+                L.append(f"    GB{i} = GB[{i}]")
+        for i, s in enumerate(p.x_slots):
+            if grad[s]:
+                L.append(f"    GX{s} = GX[{i}]")
+        for k, s in enumerate(p.const_slots):
+            if grad[s]:
+                L.append(f"    GC{s} = GC[{k}]")
+        L.append("    for t in range(T - 1, -1, -1):")
+        defined: set[int] = set()
+        maybe_none: set[int] = set()  # gradients that may be None (those from outside the step)
+
+        def add(s: int, expr: str, ind: str, none: bool) -> None:
+            if s not in defined:
+                L.append(f"{ind}g{s} = {expr}")
+            elif none or s in maybe_none:
+                L.append(f"{ind}g{s} = acc(g{s}, {expr})")
+            else:
+                L.append(f"{ind}g{s} = g{s} + {expr}")
+            defined.add(s)
+            if none:
+                maybe_none.add(s)
+
+        for i, s in enumerate(p.new_slots):  # the next step's gradient of the state
+            if grad[s]:
+                add(s, f"n{i}", "        ", True)
+        if has_y_grad and grad[p.y]:
+            add(p.y, "GY[t]", "        ", True)
+        for i in range(len(p.instrs) - 1, -1, -1):
+            ins, sn = p.instrs[i], self.step_needs[i]
+            outs = [o for o in ins.outs if o in defined]
+            if self.batched[i]:
+                o = ins.outs[0]
+                L.append(f"        GB{i}[t] = g{o}" if o in defined else
+                         f"        GB{i}[t] = None")
+            if not any(sn) or not outs:
+                continue
+            garg = ("[" + ", ".join(f"g{o}" if o in defined else "None" for o in ins.outs) + "]"
+                    if ins.multi else f"g{ins.outs[0]}")
+            guard = [o for o in outs if o in maybe_none]
+            ind = "        "
+            if guard:
+                L.append(f"{ind}if {' or '.join(f'g{o} is not None' for o in guard)}:")
+                ind += "    "
+            local = f"L{i}[t], " if self.uses_local[i] else ""
+            L.append(f"{ind}r = b{i}({garg}, {local}K{i}[t], N{i})")
+            L.append(f"{ind}check({i}, t, r)")
+            targets = []
+            for j, s in enumerate(ins.ins):
+                if not sn[j]:
+                    continue
+                L.append(f"{ind}c = r[{j}]")
+                L.append(f"{ind}if c.__class__ is not ndarray or c.shape != SH{s} or "
+                         f"c.dtype is not DT{s}: c = fit(c, SH{s}, DT{s}, {ins.op.name!r})")
+                if guard and s not in defined:
+                    L.append(f"{ind}g{s} = c")
+                elif guard or s in maybe_none:
+                    L.append(f"{ind}g{s} = acc(g{s}, c)")
+                elif s in defined:
+                    L.append(f"{ind}g{s} = g{s} + c")
+                else:
+                    L.append(f"{ind}g{s} = c")
+                targets.append(s)
+            if guard:
+                fresh = [s for s in targets if s not in defined]
+                L.append("        else:")
+                L.extend(f"            g{s} = None" for s in fresh)
+                if not fresh:
+                    L.append("            pass")
+                maybe_none.update(targets)
+            defined.update(targets)
+        for i, s in enumerate(p.s_slots):
+            L.append(f"        n{i} = g{s}" if s in defined else f"        n{i} = None")
+        for s in p.x_slots:
+            if grad[s] and s in defined:
+                L.append(f"        if g{s} is not None: GX{s}[t] = g{s}" if s in maybe_none
+                         else f"        GX{s}[t] = g{s}")
+        for s in p.const_slots:
+            if grad[s] and s in defined:
+                L.append(f"        GC{s}.append(g{s})")
+        L.append(f"    return [{', '.join(f'n{i}' for i in range(len(p.s_slots)))}]")
+        env: dict[str, Any] = {"ndarray": np.ndarray}
+        for s in range(len(p.kinds)):
+            env[f"SH{s}"], env[f"DT{s}"] = p.shapes[s], p.dtypes[s]
+        return _compile(L, "backward", env)
+
+
+def _compile(lines: list[str], name: str, env: dict[str, Any]) -> Callable[..., Any]:
+    source = "\n".join(lines) + "\n"
+    code = compile(source, f"<scan {name}>", "exec")
+    exec(code, env)
+    fn = env[name]
+    fn.source = source
+    return fn
+
+
+# ----------------------------------------------------------------------------- the record
+def _stack_saved(per_step: list[Any], fixed: set[int], out_ndim: int) -> Any:
+    """The saved values of all steps, each time-varying array stacked along a new leading axis
+    (a lower-rank one first padded to the output's rank, so that broadcasting still lines up);
+    the scan's own inputs (weights, `fixed` by id) and non-arrays are taken as they are."""
+    first = per_step[0]
+    if isinstance(first, np.ndarray):
+        if id(first) in fixed:
+            return first
+        if first.ndim < out_ndim:
+            pad = (1,) * (out_ndim - first.ndim)
+            return np.stack([a.reshape(pad + a.shape) for a in per_step])
+        return np.stack(per_step)
+    if isinstance(first, (tuple, list)):
+        return type(first)(_stack_saved([s[k] for s in per_step], fixed, out_ndim)
+                           for k in range(len(first)))
+    return first
+
+
+def _per_step(g: Any, steps: int, shape: tuple[int, ...], dtype: np.dtype, name: str) -> Any:
+    """A gradient computed over all steps at once for a time-invariant input, as one piece per
+    step, the last first: the engine adds them in that order, as it would the per-op records'."""
+    if g is None or type(g) in (Deferred, Pieces):
+        return g
+    g = np.asarray(g)
+    extra = g.ndim - 1 - len(shape)
+    if g.ndim == 0 or g.shape[0] != steps or extra < 0:
+        return unbroadcast(g, shape, name)
+    axes = tuple(range(1, 1 + extra)) + tuple(
+        1 + extra + i for i, n in enumerate(shape) if n == 1 and g.shape[1 + extra + i] != 1)
+    if axes:
+        g = g.sum(axis=axes)
+    g = g.reshape((steps,) + shape)
+    if g.dtype != dtype:
+        g = g.astype(dtype)
+    return Pieces(g[::-1])
+
+
+class Scan(Primitive):
+    """An unroll of a traced step as one record. Inputs: the per-step input parts (T, ...), the
+    initial state parts, the tensors the step closes over, then each weight once more per
+    operation whose gradient for it is batched over time (`channels`). Outputs: the stacked step
+    outputs (T, ...) and the final state parts."""
+
+    name = "scan"
+    nout = None
+    scan = False  # the scan of an unroll inside a traced step: that unroll runs per op
+
+    @staticmethod
+    def forward(*arrays, plan, channels, keep):
+        p: Plan = plan
+        nx, ns, nc = p.nx, p.ns, len(p.consts)
+        X, S, C = arrays[:nx], arrays[nx:nx + ns], arrays[nx + ns:nx + ns + nc]
+        T = X[0].shape[0]
+        ys = np.empty((T,) + p.shapes[p.y], dtype=p.dtypes[p.y])
+        anomaly = bool(_MODE.get() & ANOMALY)
+        keep = keep or anomaly
+        K = [[None] * T for _ in p.instrs] if keep else None
+        fwd = p.forward_code(keep, anomaly)
+        final = fwd(T, X, S, C, p.F, p.P, ys, K, _checker(p, "output"))
+        return [ys, *final], (p, channels, K, C, T, X[0].dtype)
+
+    @staticmethod
+    def backward(gs, saved, needs):
+        p, channels, K, C, T, _ = saved
+        nx, ns, nc = p.nx, p.ns, len(p.consts)
+        main = needs[:nx + ns + nc]
+        code = p.backward_code(main, gs[0] is not None)
+        fixed = {id(c) for c in C}
+        LOC: list[Any] = [None] * len(p.instrs)
+        stacked: dict[int, Any] = {}
+        for i, ins in enumerate(p.instrs):
+            if code.uses_local[i] or code.batched[i]:
+                stacked[i] = _stack_saved(K[i], fixed, len(p.shapes[ins.outs[0]]))
+            if code.uses_local[i]:
+                LOC[i] = ins.op.local(stacked[i])
+        GX = [np.zeros((T,) + p.shapes[s], p.dtypes[s]) if code.grad[s] else None
+              for s in p.x_slots]
+        GB = [[None] * T if b else None for b in code.batched]
+        GC = [[] if code.grad[s] else None for s in p.const_slots]
+        B = [ins.op.backward_local if code.uses_local[i] else ins.op.backward
+             for i, ins in enumerate(p.instrs)]
+        GS = list(gs[1:])
+        check = _checker(p, "gradient") if _MODE.get() & ANOMALY else _no_check
+        g_init = code.fn(T, gs[0], GS, K, LOC, B, code.step_needs, GX, GB, GC, _fit, _acc, check)
+        grads: list[Any] = [*GX, *g_init]
+        for k, s in enumerate(p.const_slots):
+            grads.append(Pieces(GC[k]) if GC[k] else None)
+        # weights: one backward call over all steps per operation
+        batched: dict[tuple[int, int], Any] = {}
+        for i, js in enumerate(code.batched):
+            if not js:
+                continue
+            ins = p.instrs[i]
+            steps = [g for g in GB[i] if g is not None]
+            if not steps:
+                continue
+            o = ins.outs[0]
+            G = np.stack([np.zeros(p.shapes[o], p.dtypes[o]) if g is None else g
+                          for g in GB[i]]) if len(steps) < T else np.stack(GB[i])
+            want = tuple(j in js for j in range(len(ins.ins)))
+            r = ins.op.backward(G, stacked[i], want)
+            if _MODE.get() & ANOMALY:
+                _checker(p, "gradient")(i, -1, [x for x in r if isinstance(x, np.ndarray)])
+            for j in js:
+                s = ins.ins[j]
+                batched[i, j] = _per_step(r[j], T, p.shapes[s], p.dtypes[s], ins.op.name)
+        grads.extend(batched.get(ch) for ch in channels)
+        return grads
+
+
+def _checker(plan: Plan, what: str) -> Callable[[int, int, Any], None]:
+    def check(i: int, t: int, arrays: Any) -> None:
+        ins = plan.instrs[i]
+        try:
+            check_finite(ins.op.name, what,
+                         [a for a in arrays if isinstance(a, np.ndarray)], ins.where)
+        except AnomalyError as e:
+            at = "all steps" if t < 0 else f"step {t}"
+            raise AnomalyError(f"{e}, inside the compiled unroll (scan), {at}") from None
+    return check
+
+
+def _no_check(i: int, t: int, arrays: Any) -> None:
+    return None
+
+
+def run(plan: Plan, x_parts: list[Tensor], state: Any) -> tuple[Tensor, Any]:
+    """The scan of `plan` over the inputs (each (T, ...)) from `state`: (ys (T, ...), state)."""
+    flat: list[Any] = []
+    _flatten(state, flat)
+    leaves = [t if isinstance(t, Tensor) else Tensor(t) for t in flat]
+    consts = plan.consts
+    channels = [(i, j) for i, ins in enumerate(plan.instrs) if plan.batchable(i)
+                for j, s in enumerate(ins.ins)
+                if plan.kinds[s] == "c" and consts[plan.const_index[s]]._requires_grad]
+    extra = [consts[plan.const_index[plan.instrs[i].ins[j]]] for i, j in channels]
+    inputs = [*x_parts, *leaves, *consts, *extra]
+    keep = bool(_MODE.get() & GRAD) and any(t._requires_grad for t in inputs)
+    outs = Scan.apply(*inputs, plan=plan, channels=channels, keep=keep)
+    return outs[0], _unflatten(plan.spec, list(outs[1:]))
+
+
+# ----------------------------------------------------------------------------- unroll's entry
+class CompileWarning(UserWarning):
+    """A cell runs on the per-op tape instead of as a compiled scan (same results, slower)."""
+
+
+_WARNED: set[Any] = set()
+
+
+def _warn(cell: Any, reason: str) -> None:
+    key = cell if isinstance(cell, type(_warn)) else type(cell)
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    name = getattr(key, "__qualname__", repr(key))
+    warnings.warn(f"nn.unroll: {name} runs on the per-op tape, not as a compiled scan: {reason}. "
+                  f"The results are the same, only slower. Pass compile=False to nn.unroll, "
+                  f"nn.Recurrent or the layer to choose the per-op tape and silence this.",
+                  CompileWarning, stacklevel=4)
+
+
+def prepare(cell: Any, step: Callable[..., Any], xp: Any, state: Any) -> Plan | None:
+    """A verified plan for unrolling `step` over the (projected) inputs xp ((T, B, ...), or a
+    tuple of them; only the first three steps are used), or None (with a warning when the cell
+    cannot be compiled) to run it per op."""
+    T = (xp[0] if isinstance(xp, (tuple, list)) else xp).shape[0]
+    if T < 2 or TRACER.get() is not None:  # nested in a traced step: the outer trace records it
+        return None
+    from .errors import DTypeError, GraphError, ShapeError
+    try:
+        tuple_x = isinstance(xp, (tuple, list))
+        parts = list(xp) if tuple_x else [xp]
+        if not all(isinstance(p, Tensor) for p in parts):
+            raise Fallback("its project() returns something other than Tensors")
+        plan, _ = make_plan(step, [p.data[:3] for p in parts],
+                            [p._requires_grad for p in parts], tuple_x, state)
+        return plan
+    except Fallback as e:
+        _warn(cell, str(e))
+    except (ShapeError, DTypeError, GraphError):
+        pass  # a genuine error of the call: the per-op run raises it where it belongs
+    except Exception as e:  # noqa: BLE001 - whatever tracing broke, the per-op tape is right
+        _warn(cell, f"tracing its step raised {type(e).__name__}: {e}")
+    return None
+
+
+def execute(plan: Plan, step: Callable[..., Any], xsp: Any, state: Any) -> tuple[Tensor, Any]:
+    """Run the unroll of projected inputs `xsp` ((T, ...) Tensor, or a tuple of them) as a scan.
+    A state unlike the traced one (a None initial state) gets one step on the per-op tape first."""
+    from . import ops
+    parts = list(xsp) if plan.tuple_x else [xsp]
+    if plan.fits(state):
+        return run(plan, parts, state)
+    T = parts[0].shape[0]
+    first = [p[0] for p in parts]
+    y0, state = step(tuple(first) if plan.tuple_x else first[0], state)
+    if T == 1:
+        return ops.stack([y0]), state
+    rest = [p[1:] for p in parts]
+    if plan.fits(state):
+        ys, state = run(plan, rest, state)
+    else:  # the program was traced from another state: stay per op
+        outs = []
+        for x_t in zip(*[ops.unbind(p, 0) for p in rest]):
+            y, state = step(tuple(x_t) if plan.tuple_x else x_t[0], state)
+            outs.append(y)
+        ys = ops.stack(outs)
+    return ops.concat([y0.unsqueeze(0), ys]), state
