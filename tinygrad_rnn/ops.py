@@ -19,9 +19,20 @@ from .tensor import Axis, Tensor, _const
 
 
 class _Elementwise(Primitive):
+    # the per-step gradient as code for the scan, when no input is broadcast (see grad_code)
+    grads: dict[int, str] | None = None
+    grads_pre: tuple[str, ...] = ()
+
     @classmethod
     def batches(cls, varying: tuple[bool, ...], ndims: tuple[int, ...]) -> bool:
         return True  # broadcasting takes a leading time axis as it is
+
+    @classmethod
+    def grad_code(cls, params: dict[str, Any], shapes: tuple[tuple[int, ...], ...],
+                  out_shape: tuple[int, ...]) -> tuple[tuple[str, ...], dict[int, str]] | None:
+        if cls.grads is None or any(s != out_shape for s in shapes):
+            return None
+        return cls.grads_pre, cls.grads
 
     @classmethod
     def check(cls, *arrays: np.ndarray, **params: Any) -> None:
@@ -46,6 +57,8 @@ class Add(_Elementwise):
     def backward(g, saved, needs):  # d(a+b) = da + db
         return g, g
 
+    grads = {0: "g", 1: "g"}
+
 
 @register
 class Sub(_Elementwise):
@@ -58,6 +71,8 @@ class Sub(_Elementwise):
     @staticmethod
     def backward(g, saved, needs):  # d(a-b) = da - db
         return g, (-g if needs[1] else None)
+
+    grads = {0: "g", 1: "-g"}
 
 
 @register
@@ -72,6 +87,8 @@ class Mul(_Elementwise):
     def backward(g, saved, needs):  # d(ab) = b da + a db
         a, b = saved
         return (g * b if needs[0] else None), (g * a if needs[1] else None)
+
+    grads = {0: "g * s[1]", 1: "g * s[0]"}
 
 
 def _add_into(y: np.ndarray, a: np.ndarray) -> np.ndarray:
@@ -106,6 +123,12 @@ class Addcmul(_Elementwise):
             g2 = g
         return g, (g2 * c if needs[1] else None), (g2 * b if needs[2] else None)
 
+    @classmethod
+    def grad_code(cls, params, shapes, out_shape):
+        if params.get("value", 1) != 1 or any(s != out_shape for s in shapes):
+            return None
+        return (), {0: "g", 1: "g * s[1]", 2: "g * s[0]"}
+
 
 @register
 class Lerp(_Elementwise):
@@ -125,6 +148,9 @@ class Lerp(_Elementwise):
         gb = g * w
         ga = (g - gb) if needs[0] else None
         return ga, (gb if needs[1] else None), (g * d if needs[2] else None)
+
+    grads_pre = ("gb = g * s[0]",)
+    grads = {0: "g - gb", 1: "gb", 2: "g * s[1]"}
 
 
 @register
@@ -154,6 +180,8 @@ class Neg(_Elementwise):
     @staticmethod
     def backward(g, saved, needs):
         return (-g,)
+
+    grads = {0: "-g"}
 
 
 @register
@@ -279,6 +307,14 @@ class Linear(Primitive):
     def batches(cls, varying, ndims):  # steps' x (T, ..., in) against one weight
         return not varying[1]
 
+    @classmethod
+    def grad_code(cls, params, shapes, out_shape):  # dx = G W; a full-shape bias gets G
+        if len(shapes[1]) != 2 or not shapes[0]:
+            return None
+        exprs = {0: "g @ s[1]"}
+        exprs.update((j, "g") for j in range(2, len(shapes)) if shapes[j] == out_shape)
+        return (("g = g * d",) if params.get("act") else ()), exprs
+
     @staticmethod
     def _grads(g, saved, needs):  # g: the gradient of x W^T + b (after the activation's)
         x, w, bias_shapes = saved[:3]
@@ -379,6 +415,8 @@ class Tanh(_Elementwise):
     def backward_local(g, d, y, needs):
         return (g * d,)
 
+    grads = {0: "g * d"}
+
 
 class _Constants(dict):
     """0-d arrays of one value, per dtype. On small arrays a ufunc with a Python number costs
@@ -450,6 +488,8 @@ class Sigmoid(_Elementwise):
     def backward_local(g, d, y, needs):
         return (g * d,)
 
+    grads = {0: "g * d"}
+
 
 @register
 class Relu(_Elementwise):
@@ -471,6 +511,8 @@ class Relu(_Elementwise):
     @staticmethod
     def backward_local(g, mask, y, needs):
         return (g * mask,)
+
+    grads = {0: "g * d"}
 
 
 @register
@@ -841,6 +883,10 @@ class Gates(Primitive):
             else:
                 dk[...] = 1
         return d
+
+    @classmethod
+    def grad_code(cls, params, shapes, out_shape):  # every chunk's gradient side by side, times d
+        return ("g = np.concatenate(g, axis=-1)", "np.multiply(g, d, g)"), {0: "g"}
 
     @staticmethod
     def backward_local(gs, d, saved, needs):  # the chunks' gradients side by side, times d

@@ -55,6 +55,15 @@ class Primitive:
         raise NotImplementedError
 
     @classmethod
+    def grad_code(cls, params: dict[str, Any], shapes: tuple[tuple[int, ...], ...],
+                  out_shape: tuple[int, ...]) -> tuple[tuple[str, ...], dict[int, str]] | None:
+        """The per-step gradient as code, inlined by the scan when inputs and outputs share one
+        dtype: (statements, {input index: expression}) in `g` (the output's gradient; a list
+        for several outputs), `s` (what forward saved), `d` (`local`'s value at that step) and
+        `np`. Each expression must have its input's shape. None: backward is called."""
+        return None
+
+    @classmethod
     def local_for(cls, params: dict[str, Any]) -> Callable[..., Any] | None:
         """The `local` to use for an application with these parameters (None: backward)."""
         return cls.local

@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+import weakref
 from contextvars import ContextVar
 from typing import Any, Callable
 
@@ -328,6 +329,7 @@ class Plan:
     """A verified step program, ready to run as a scan over any number of steps."""
 
     def __init__(self, tr: _Trace, tuple_x: bool) -> None:
+        self.trace = tr
         t = tr.t
         self.instrs, self.kinds, self.shapes, self.dtypes = t.instrs, t.kinds, t.shapes, t.dtypes
         self.consts, self.const_slots = t.consts, t.const_slots
@@ -372,11 +374,15 @@ class Plan:
 
 
 def make_plan(step: Callable[..., Any], x_first: list[np.ndarray], x_needs: list[bool],
-              tuple_x: bool, state: Any) -> tuple[Plan, bool]:
+              tuple_x: bool, state: Any, previous: Plan | None = None) -> tuple[Plan, bool]:
     """Trace the step on the first two (or three) input slices. Returns the plan and whether the
-    first step must run on the per-op tape (its program differs, e.g. a None initial state)."""
+    first step must run on the per-op tape (its program differs, e.g. a None initial state).
+    A `previous` plan of the same cell is reused if the first traced step gives its program."""
     steps = x_first[0].shape[0]
     t0 = trace_step(step, [x[0] for x in x_first], x_needs, tuple_x, state)
+    if previous is not None and previous.trace.differs_from(t0) is None and \
+            t0.state_spec == t0.new_spec and previous.tuple_x == tuple_x:
+        return previous, False  # the program verified at an earlier call, traced again
     t1 = trace_step(step, [x[1] for x in x_first], x_needs, tuple_x, t0.new_state)
     why = t0.differs_from(t1)
     if why is None and t0.state_spec == t0.new_spec:
@@ -506,9 +512,31 @@ class _Backward:
         self.uses_local = [ins.op.local_for(ins.params) is not None and any(n) and
                            any(grad[o] for o in ins.outs)
                            for ins, n in zip(p.instrs, self.step_needs)]
-        self.fn = self._generate(p, has_y_grad)
+        # per instruction: its gradient as code (the primitive's `grad_code`), where it applies
+        self.code: list[Any] = []
+        for i, ins in enumerate(p.instrs):
+            tmpl = None
+            dts = {p.dtypes[s] for s in ins.ins + ins.outs}
+            if len(dts) == 1 and any(self.step_needs[i]):
+                tmpl = ins.op.grad_code(ins.params, tuple(p.shapes[s] for s in ins.ins),
+                                        p.shapes[ins.outs[0]])
+                if tmpl is not None and not all(j in tmpl[1] for j, n in
+                                                enumerate(self.step_needs[i]) if n):
+                    tmpl = None
+            self.code.append(tmpl)
+        # a state part's gradient is never None inside the loop if its slot always gets one
+        # (then the final state's missing gradient is zeros): found by a first generation
+        self.filled = [True] * ns
+        while True:  # assume it of every part, then drop the parts for which it fails
+            self._generate(p, has_y_grad, False)
+            filled = [f and s in self._defined_sure for f, s in zip(self.filled, p.s_slots)]
+            if filled == self.filled:
+                break
+            self.filled = filled
+        self.fn = self._generate(p, has_y_grad, False)
+        self.fn_anomaly = self._generate(p, has_y_grad, True)
 
-    def _generate(self, p: Plan, has_y_grad: bool) -> Callable[..., Any]:
+    def _generate(self, p: Plan, has_y_grad: bool, anomaly: bool) -> Callable[..., Any]:
         grad = self.grad
         L = ["def backward(T, GY, GS, K, LOC, B, N, GX, GB, GC, fit, acc, check):"]
         for i in range(len(p.s_slots)):
@@ -527,7 +555,7 @@ class _Backward:
                 L.append(f"    GC{s} = GC[{k}]")
         L.append("    for t in range(T - 1, -1, -1):")
         defined: set[int] = set()
-        maybe_none: set[int] = set()  # gradients that may be None (those from outside the step)
+        maybe_none: set[int] = set()  # gradients that may be None (from outside the step)
 
         def add(s: int, expr: str, ind: str, none: bool) -> None:
             if s not in defined:
@@ -542,9 +570,9 @@ class _Backward:
 
         for i, s in enumerate(p.new_slots):  # the next step's gradient of the state
             if grad[s]:
-                add(s, f"n{i}", "        ", True)
+                add(s, f"n{i}", "        ", not self.filled[i])
         if has_y_grad and grad[p.y]:
-            add(p.y, "GY[t]", "        ", True)
+            add(p.y, "GY[t]", "        ", False)
         for i in range(len(p.instrs) - 1, -1, -1):
             ins, sn = p.instrs[i], self.step_needs[i]
             outs = [o for o in ins.outs if o in defined]
@@ -557,20 +585,36 @@ class _Backward:
             garg = ("[" + ", ".join(f"g{o}" if o in defined else "None" for o in ins.outs) + "]"
                     if ins.multi else f"g{ins.outs[0]}")
             guard = [o for o in outs if o in maybe_none]
+            tmpl = self.code[i]
+            if tmpl is not None and (guard or len(outs) < len(ins.outs) or anomaly):
+                tmpl = None  # the template assumes every output's gradient is there
             ind = "        "
             if guard:
                 L.append(f"{ind}if {' or '.join(f'g{o} is not None' for o in guard)}:")
                 ind += "    "
-            local = f"L{i}[t], " if self.uses_local[i] else ""
-            L.append(f"{ind}r = b{i}({garg}, {local}K{i}[t], N{i})")
-            L.append(f"{ind}check({i}, t, r)")
+            if tmpl is not None:  # the gradient formulas inline: no call, no checks
+                L.append(f"{ind}g = {garg}; s = K{i}[t]" +
+                         (f"; d = L{i}[t]" if self.uses_local[i] else ""))
+                L.extend(f"{ind}{line}" for line in tmpl[0])
+            else:
+                local = f"L{i}[t], " if self.uses_local[i] else ""
+                L.append(f"{ind}r = b{i}({garg}, {local}K{i}[t], N{i})")
+                if anomaly:
+                    L.append(f"{ind}check({i}, t, r)")
             targets = []
             for j, s in enumerate(ins.ins):
                 if not sn[j]:
                     continue
-                L.append(f"{ind}c = r[{j}]")
-                L.append(f"{ind}if c.__class__ is not ndarray or c.shape != SH{s} or "
-                         f"c.dtype is not DT{s}: c = fit(c, SH{s}, DT{s}, {ins.op.name!r})")
+                if tmpl is not None and s not in defined:
+                    L.append(f"{ind}g{s} = {tmpl[1][j]}")
+                    targets.append(s)
+                    continue
+                if tmpl is not None:
+                    L.append(f"{ind}c = {tmpl[1][j]}")
+                else:
+                    L.append(f"{ind}c = r[{j}]")
+                    L.append(f"{ind}if c.__class__ is not ndarray or c.shape != SH{s} or "
+                             f"c.dtype is not DT{s}: c = fit(c, SH{s}, DT{s}, {ins.op.name!r})")
                 if guard and s not in defined:
                     L.append(f"{ind}g{s} = c")
                 elif guard or s in maybe_none:
@@ -588,6 +632,7 @@ class _Backward:
                     L.append("            pass")
                 maybe_none.update(targets)
             defined.update(targets)
+        self._defined_sure = defined - maybe_none
         for i, s in enumerate(p.s_slots):
             L.append(f"        n{i} = g{s}" if s in defined else f"        n{i} = None")
         for s in p.x_slots:
@@ -598,7 +643,7 @@ class _Backward:
             if grad[s] and s in defined:
                 L.append(f"        GC{s}.append(g{s})")
         L.append(f"    return [{', '.join(f'n{i}' for i in range(len(p.s_slots)))}]")
-        env: dict[str, Any] = {"ndarray": np.ndarray}
+        env: dict[str, Any] = {"ndarray": np.ndarray, "np": np}
         for s in range(len(p.kinds)):
             env[f"SH{s}"], env[f"DT{s}"] = p.shapes[s], p.dtypes[s]
         return _compile(L, "backward", env)
@@ -695,9 +740,13 @@ class Scan(Primitive):
         GC = [[] if code.grad[s] else None for s in p.const_slots]
         B = [ins.op.backward_local if code.uses_local[i] else ins.op.backward
              for i, ins in enumerate(p.instrs)]
-        GS = list(gs[1:])
-        check = _checker(p, "gradient") if _MODE.get() & ANOMALY else _no_check
-        g_init = code.fn(T, gs[0], GS, K, LOC, B, code.step_needs, GX, GB, GC, _fit, _acc, check)
+        GS = [np.zeros(p.shapes[s], p.dtypes[s]) if g is None and filled else g
+              for g, filled, s in zip(gs[1:], code.filled, p.new_slots)]
+        if _MODE.get() & ANOMALY:
+            fn, check = code.fn_anomaly, _checker(p, "gradient")
+        else:
+            fn, check = code.fn, _no_check
+        g_init = fn(T, gs[0], GS, K, LOC, B, code.step_needs, GX, GB, GC, _fit, _acc, check)
         grads: list[Any] = [*GX, *g_init]
         for k, s in enumerate(p.const_slots):
             grads.append(Pieces(GC[k]) if GC[k] else None)
@@ -745,6 +794,7 @@ def run(plan: Plan, x_parts: list[Tensor], state: Any) -> tuple[Tensor, Any]:
     flat: list[Any] = []
     _flatten(state, flat)
     leaves = [t if isinstance(t, Tensor) else Tensor(t) for t in flat]
+    x_parts = [t if isinstance(t, Tensor) else Tensor(t) for t in x_parts]
     consts = plan.consts
     channels = [(i, j) for i, ins in enumerate(plan.instrs) if plan.batchable(i)
                 for j, s in enumerate(ins.ins)
@@ -762,6 +812,7 @@ class CompileWarning(UserWarning):
 
 
 _WARNED: set[Any] = set()
+_PLANS: weakref.WeakKeyDictionary[Any, Plan] = weakref.WeakKeyDictionary()  # by cell: the last
 
 
 def _warn(cell: Any, reason: str) -> None:
@@ -789,8 +840,17 @@ def prepare(cell: Any, step: Callable[..., Any], xp: Any, state: Any) -> Plan | 
         parts = list(xp) if tuple_x else [xp]
         if not all(isinstance(p, Tensor) for p in parts):
             raise Fallback("its project() returns something other than Tensors")
-        plan, _ = make_plan(step, [p.data[:3] for p in parts],
-                            [p._requires_grad for p in parts], tuple_x, state)
+        try:
+            previous = _PLANS.get(cell)
+        except TypeError:  # not hashable or not weakly referable: no reuse
+            previous = None
+        plan, prefix = make_plan(step, [p.data[:3] for p in parts],
+                                 [p._requires_grad for p in parts], tuple_x, state, previous)
+        if not prefix and plan is not previous:
+            try:
+                _PLANS[cell] = plan
+            except TypeError:
+                pass
         return plan
     except Fallback as e:
         _warn(cell, str(e))
