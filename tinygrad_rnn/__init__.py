@@ -13,7 +13,7 @@ from .ops import (
 from .primitive import Primitive
 from .checkpoint import checkpoint
 from .random import manual_seed
-from . import bptt, diagnostics, nn, optim, testing
+from . import bptt, diagnostics, nn, optim, scan, testing
 from .io import load, save
 
 default_dtype = np.float32

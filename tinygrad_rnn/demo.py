@@ -85,10 +85,10 @@ def bigram_bits(train: np.ndarray, contexts: np.ndarray, targets: np.ndarray,
 class CharLSTM(nn.Module):
     """Embedding -> LSTM -> Linear: next-character logits for (T, B) character ids."""
 
-    def __init__(self, vocab_size: int, embed: int, hidden: int) -> None:
+    def __init__(self, vocab_size: int, embed: int, hidden: int, compile: bool = True) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed)
-        self.lstm = nn.LSTM(embed, hidden)
+        self.lstm = nn.LSTM(embed, hidden, compile=compile)
         self.head = nn.Linear(hidden, vocab_size)
 
     def forward(self, ids: np.ndarray, state: Any = None) -> tuple[tg.Tensor, Any]:
@@ -143,6 +143,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
     p.add_argument("--sample-chars", type=int, default=400, help="length of the sample")
+    p.add_argument("--no-compile", action="store_true",
+                   help="run the LSTM on the per-op tape instead of as a compiled scan (slower; "
+                        "for comparison)")
     p.add_argument("--blas-threads", type=int, default=1,
                    help="BLAS threads, applied if threadpoolctl is installed; 0 leaves numpy's "
                         "default (default 1: fastest for these small matrices)")
@@ -181,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     uni = unigram_bits(train_ids, v_out.ravel(), len(vocab))
     bi = bigram_bits(train_ids, v_in.ravel(), v_out.ravel(), len(vocab))
 
-    model = CharLSTM(len(vocab), args.embed, args.hidden)
+    model = CharLSTM(len(vocab), args.embed, args.hidden, compile=not args.no_compile)
     n_params = sum(p.size for p in model.parameters())
     opt = optim.Adam(model.parameters(), lr=args.lr)
     data = streams(train_ids, args.batch)  # (L, B)
@@ -234,13 +237,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nsample (temperature {args.temperature}, seed {args.seed}):\n{text_out}\n")
 
     seconds = time.perf_counter() - t_start
-    print(f"done in {seconds:.1f} s ({train_seconds:.1f} s training)")
+    chars_per_s = args.steps * args.batch * args.seq_len / train_seconds
+    print(f"done in {seconds:.1f} s ({train_seconds:.1f} s training, {chars_per_s:,.0f} "
+          f"characters per second)")
     result = {
         "program": "demo", "task": "character-level language model, Moby Dick",
         "metric": "valid_bits_per_char", "higher_is_better": False, "ours": round(ours, 4),
         "baselines": {"unigram": round(uni, 4), "bigram": round(bi, 4)},
         "loss_first": round(first, 4), "loss_last": round(last, 4),
-        "seconds": round(seconds, 1), "quick": args.quick,
+        "seconds": round(seconds, 1), "chars_per_second": round(chars_per_s),
+        "quick": args.quick,
         "config": {k: getattr(args, k) for k in ("steps", "hidden", "seq_len", "batch", "embed",
                                                  "lr", "seed")},
     }

@@ -10,6 +10,21 @@ the broadcast shape of the output: the engine sums them back to each input's sha
 with several outputs (`split`) sets `nout = None` and returns a tuple of outputs; its backward
 receives a list with one gradient or None per output. Users define their own primitives the same
 way and call `MyOp.apply(x, y, **params)`.
+
+Inside a compiled unroll (`nn.unroll(compile=True)`, see scan.py) the cell's step is traced once
+and every primitive is then run by a scan, once per time step. A primitive needs nothing more to
+work there: the scan calls its forward and backward. Four optional declarations, next to forward
+and backward, make it faster there (the built-in ones use them; a user's primitive may too):
+- `local(saved)`: the part of the derivative that does not depend on g (tanh: 1 - y^2), computed
+  once for all T steps on the saved values stacked along a new leading axis; `backward_local(g,
+  local_t, saved, needs)` then replaces `backward` per step;
+- `grad_code(params, shapes, out_shape)`: the per-step gradient as a line of code per input
+  (`{0: "g * d"}`), which the scan inlines into the loop it generates;
+- `batches(varying, ndims)`: True if backward also accepts time-varying values stacked along a
+  leading time axis with the time-invariant inputs broadcast; a weight's gradient is then one
+  backward call over all steps (one GEMM for `linear`) instead of one per step;
+- `scan = False`: forward or backward has a side effect (`checkpoint`): a cell applying it runs
+  on the per-op tape, with a warning.
 """
 
 from __future__ import annotations

@@ -883,3 +883,20 @@ def execute(plan: Plan, step: Callable[..., Any], xsp: Any, state: Any) -> tuple
             outs.append(y)
         ys = ops.stack(outs)
     return ops.concat([y0.unsqueeze(0), ys]), state
+
+
+def source(cell: Any, xs: Any, state: Any = None) -> str:
+    """The Python the scan generates for unrolling `cell` over xs (T, B, ...) from `state`: its
+    forward and its backward (for gradients of everything), for reading."""
+    from .nn.recurrent import _as_tensor
+    xs = _as_tensor(xs, "scan.source")
+    step = getattr(cell, "step", cell)
+    if state is None and hasattr(cell, "initial_state"):
+        state = cell.initial_state(xs.shape[1])
+    project = getattr(cell, "project", None)
+    plan = prepare(cell, step, project(xs) if project is not None else xs, state)
+    if plan is None:
+        raise Fallback("this cell runs on the per-op tape (see the warning)")
+    needs = (True,) * (plan.nx + plan.ns + len(plan.consts))
+    return (plan.forward_code(True, False).source + "\n" +
+            plan.backward_code(needs, True).fn.source)

@@ -45,9 +45,11 @@ def unroll(cell: Callable[..., Any], xs: Any, state: State = None, batch_first: 
     """Run `cell` over the time axis of xs (T, B, ...) (or (B, T, ...) with batch_first).
 
     Returns (ys, final_state) with ys the stacked y_t along the same time axis. BPTT comes from the
-    tape. With `compile=True` the cell's step is traced once and the unroll is one scan record
-    (tinygrad_rnn.scan; same results, far less Python per step); a cell that cannot be traced
-    safely runs per op, with one warning per cell class. With `checkpoint_every=k` only every
+    tape. With `compile=True` the cell's step is traced (its Python runs twice) and the unroll is
+    one scan record (tinygrad_rnn.scan; same results, far less Python per step); a cell that
+    cannot be traced safely runs per op, with one warning per cell class. A cell whose Python
+    depends on state outside its tensors (a step counter) needs compile=False. With
+    `checkpoint_every=k` only every
     k-th state is kept; the steps between are recomputed during backward (memory O(T/k + k),
     identical gradients)."""
     xs = _as_tensor(xs, "unroll")
