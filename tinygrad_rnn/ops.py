@@ -19,9 +19,18 @@ from .tensor import Axis, Tensor, _const
 
 
 class _Elementwise(Primitive):
-    # the per-step gradient as code for the scan, when no input is broadcast (see grad_code)
+    # forward and per-step gradient as code for the scan (Primitive.forward_code, grad_code);
+    # the gradients hold when no input is broadcast
+    code: tuple[str, ...] | None = None
     grads: dict[int, str] | None = None
     grads_pre: tuple[str, ...] = ()
+
+    @classmethod
+    def forward_code(cls, params: dict[str, Any], shapes: tuple[tuple[int, ...], ...],
+                     out_shape: tuple[int, ...]) -> tuple[list[str], dict[str, Any]] | None:
+        if cls.code is None or not out_shape:  # 0-d: numpy gives scalars, forward converts
+            return None
+        return list(cls.code), {}
 
     @classmethod
     def batches(cls, varying: tuple[bool, ...], ndims: tuple[int, ...]) -> bool:
@@ -57,6 +66,7 @@ class Add(_Elementwise):
     def backward(g, saved, needs):  # d(a+b) = da + db
         return g, g
 
+    code = ("y = a0 + a1", "s = None")
     grads = {0: "g", 1: "g"}
 
 
@@ -72,6 +82,7 @@ class Sub(_Elementwise):
     def backward(g, saved, needs):  # d(a-b) = da - db
         return g, (-g if needs[1] else None)
 
+    code = ("y = a0 - a1", "s = None")
     grads = {0: "g", 1: "-g"}
 
 
@@ -88,6 +99,7 @@ class Mul(_Elementwise):
         a, b = saved
         return (g * b if needs[0] else None), (g * a if needs[1] else None)
 
+    code = ("y = a0 * a1", "s = (a0, a1)")
     grads = {0: "g * s[1]", 1: "g * s[0]"}
 
 
@@ -124,6 +136,13 @@ class Addcmul(_Elementwise):
         return g, (g2 * c if needs[1] else None), (g2 * b if needs[2] else None)
 
     @classmethod
+    def forward_code(cls, params, shapes, out_shape):
+        if params.get("value", 1) != 1 or not out_shape or any(s != out_shape for s in shapes):
+            return None
+        return ["y = a1 * a2", "np.add(y, a0, y)", "s = (a1, a2, value)"], \
+            {"value": params.get("value", 1)}
+
+    @classmethod
     def grad_code(cls, params, shapes, out_shape):
         if params.get("value", 1) != 1 or any(s != out_shape for s in shapes):
             return None
@@ -148,6 +167,12 @@ class Lerp(_Elementwise):
         gb = g * w
         ga = (g - gb) if needs[0] else None
         return ga, (gb if needs[1] else None), (g * d if needs[2] else None)
+
+    @classmethod
+    def forward_code(cls, params, shapes, out_shape):
+        if not out_shape or any(s != out_shape for s in shapes):
+            return None
+        return ["d = a1 - a0", "y = a2 * d", "np.add(y, a0, y)", "s = (a2, d)"], {}
 
     grads_pre = ("gb = g * s[0]",)
     grads = {0: "g - gb", 1: "gb", 2: "g * s[1]"}
@@ -181,6 +206,7 @@ class Neg(_Elementwise):
     def backward(g, saved, needs):
         return (-g,)
 
+    code = ("y = -a0", "s = None")
     grads = {0: "-g"}
 
 
@@ -308,6 +334,20 @@ class Linear(Primitive):
         return not varying[1]
 
     @classmethod
+    def forward_code(cls, params, shapes, out_shape):  # as forward, for biases added in place
+        x, w, biases = shapes[0], shapes[1], shapes[2:]
+        if len(w) != 2 or not x or (len(biases) == 2 and biases[0] == biases[1] == (w[0],)) \
+                or any(b != out_shape[len(out_shape) - len(b):] for b in biases):
+            return None
+        lines = ["y = a0 @ a1.T"] + [f"np.add(y, a{j}, y)" for j in range(2, len(shapes))]
+        act = params.get("act")
+        if act is None:
+            return lines + ["s = (a0, a1, shapes)"], {"shapes": list(biases)}
+        lines.append("np.tanh(y, y)" if act == "tanh" else "sigmoid(y, y)")
+        return lines + ["s = (a0, a1, shapes, act, y)"], \
+            {"shapes": list(biases), "act": act, "sigmoid": _sigmoid}
+
+    @classmethod
     def grad_code(cls, params, shapes, out_shape):  # dx = G W; a full-shape bias gets G
         if len(shapes[1]) != 2 or not shapes[0]:
             return None
@@ -406,6 +446,8 @@ class Tanh(_Elementwise):
         np.multiply(d, g, d)
         return (d,)
 
+    code = ("y = np.tanh(a0)", "s = y")
+
     @staticmethod
     def local(y):  # 1 - y^2 for all steps at once (scan)
         d = y * y
@@ -479,6 +521,10 @@ class Sigmoid(_Elementwise):
         np.multiply(d, y, d)
         np.multiply(d, g, d)
         return (d,)
+
+    @classmethod
+    def forward_code(cls, params, shapes, out_shape):
+        return (["y = sigmoid(a0)", "s = y"], {"sigmoid": _sigmoid}) if out_shape else None
 
     @staticmethod
     def local(y):  # y (1 - y) for all steps at once (scan)
@@ -883,6 +929,22 @@ class Gates(Primitive):
             else:
                 dk[...] = 1
         return d
+
+    @classmethod
+    def forward_code(cls, params, shapes, out_shape):  # as forward: views of one array
+        acts = params["acts"]
+        if not shapes[0]:
+            return None
+        n = shapes[0][-1] // len(acts)
+        lines = ["y = sigmoid(a0)" if "sigmoid" in acts else "y = np.array(a0)"]
+        for k, act in enumerate(acts):
+            chunk = f"[..., {k * n}:{(k + 1) * n}]"
+            lines.append(f"y{k} = a0{chunk}" if act == "identity" else f"y{k} = y{chunk}")
+            if act == "tanh":
+                lines.append(f"np.tanh(a0{chunk}, y{k})")
+            elif act == "relu":
+                lines.append(f"np.maximum(a0{chunk}, 0, out=y{k})")
+        return lines + ["s = (y, acts)"], {"acts": acts, "sigmoid": _sigmoid}
 
     @classmethod
     def grad_code(cls, params, shapes, out_shape):  # every chunk's gradient side by side, times d

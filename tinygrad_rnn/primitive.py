@@ -70,6 +70,15 @@ class Primitive:
         raise NotImplementedError
 
     @classmethod
+    def forward_code(cls, params: dict[str, Any], shapes: tuple[tuple[int, ...], ...],
+                     out_shape: tuple[int, ...]) -> tuple[list[str], dict[str, Any]] | None:
+        """The forward as code, inlined by the scan when inputs and output share one float dtype:
+        (lines, names) computing `y` (or y0, y1, ... for several outputs) and `s` (what forward
+        saves) from the inputs a0, a1, ... exactly as `forward` does; `names` are objects the
+        lines use (np is there). None: forward is called."""
+        return None
+
+    @classmethod
     def grad_code(cls, params: dict[str, Any], shapes: tuple[tuple[int, ...], ...],
                   out_shape: tuple[int, ...]) -> tuple[tuple[str, ...], dict[int, str]] | None:
         """The per-step gradient as code, inlined by the scan when inputs and outputs share one

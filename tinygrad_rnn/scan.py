@@ -26,6 +26,7 @@ program differs from step to step) runs on the per-op tape, with one warning per
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 import weakref
@@ -325,6 +326,22 @@ def trace_step(step: Callable[..., Any], x_parts: list[np.ndarray], x_needs: lis
                   _unflatten(new_spec, [_DATA.__get__(t) for t in new_flat]))
 
 
+def _freeze(v: Any) -> Any:
+    """A hashable stand-in for a parameter: what generated code may depend on (arrays: their
+    shape and dtype only; the code reads their values at run time)."""
+    if isinstance(v, np.ndarray):
+        return ("array", v.shape, v.dtype.str)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+    if isinstance(v, (tuple, list)):
+        return (type(v).__name__, tuple(_freeze(x) for x in v))
+    try:
+        hash(v)
+    except TypeError:
+        return ("id", id(v))
+    return (type(v).__name__, v)
+
+
 class Plan:
     """A verified step program, ready to run as a scan over any number of steps."""
 
@@ -341,7 +358,7 @@ class Plan:
         self.const_index = {s: k for k, s in enumerate(self.const_slots)}
         self.F = [ins.op.forward for ins in self.instrs]
         self.P = [ins.params for ins in self.instrs]
-        self.key = (tuple((ins.op, ins.ins, ins.outs, ins.multi, tuple(sorted(ins.params)))
+        self.key = (tuple((ins.op, ins.ins, ins.outs, ins.multi, _freeze(ins.params))
                           for ins in self.instrs),
                     self.nx, self.ns, self.y, self.new_slots, tuple(self.const_slots),
                     tuple(self.kinds), tuple(self.shapes), tuple(self.dtypes))
@@ -452,7 +469,29 @@ def _gen_forward(p: Plan, keep: bool, anomaly: bool) -> Callable[..., Any]:
     L.append("    for t in range(T):")
     for s in p.x_slots:
         L.append(f"        v{s} = X{s}[t]")
+    env: dict[str, Any] = {"asarray": np.asarray, "np": np}
     for i, ins in enumerate(p.instrs):
+        tmpl = None
+        if len({p.dtypes[s] for s in ins.ins + ins.outs}) == 1 and \
+                p.dtypes[ins.outs[0]].kind == "f":
+            tmpl = ins.op.forward_code(ins.params, tuple(p.shapes[s] for s in ins.ins),
+                                       p.shapes[ins.outs[0]])
+        if tmpl is not None and not anomaly:  # the forward inline (see Primitive.forward_code)
+            lines, names = tmpl
+            for j, s in enumerate(ins.ins):
+                L.append(f"        a{j} = v{s}")
+            for name, value in names.items():
+                env[f"{name}_{i}"] = value
+                lines = [re.sub(rf"\b{name}\b", f"{name}_{i}", ln) for ln in lines]
+            L.extend(f"        {ln}" for ln in lines)
+            if ins.multi:
+                L.append(f"        {', '.join(f'v{o}' for o in ins.outs)}, = "
+                         f"{', '.join(f'y{j}' for j in range(len(ins.outs)))},")
+            else:
+                L.append(f"        v{ins.outs[0]} = y")
+            if keep:
+                L.append(f"        K{i}[t] = s")
+            continue
         args = ", ".join(f"v{s}" for s in ins.ins) + (f", **p{i}" if ins.params else "")
         outs = ("(" + "".join(f"v{o}, " for o in ins.outs) + ")") if ins.multi else \
             f"v{ins.outs[0]}"
@@ -468,7 +507,7 @@ def _gen_forward(p: Plan, keep: bool, anomaly: bool) -> Callable[..., Any]:
         L.append(f"        {', '.join(f'v{s}' for s in p.s_slots)}, = "
                  f"{', '.join(f'v{s}' for s in p.new_slots)},")
     L.append(f"    return [{', '.join(f'v{s}' for s in p.s_slots)}]")
-    return _compile(L, "forward", {"asarray": np.asarray})
+    return _compile(L, "forward", env)
 
 
 class _Backward:
