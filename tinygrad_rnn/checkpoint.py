@@ -12,7 +12,7 @@ from .engine import (
     user_source_line,
 )
 from .errors import ShapeError
-from .primitive import Primitive, register
+from .primitive import TRACER, Primitive, register
 from .tensor import Tensor
 
 
@@ -55,6 +55,7 @@ class Checkpoint(Primitive):
 
     name = "checkpoint"
     nout = None
+    scan = False  # its forward runs fn: a compiled unroll would not replay it per step
 
     @staticmethod
     def forward(*arrays, fn, call):
@@ -92,6 +93,7 @@ class _Collect(Primitive):
     the checkpoint in record order, as in the run without checkpoint."""
 
     name = "checkpoint_argument"
+    scan = False  # its backward fills a holder
 
     @staticmethod
     def forward(x, holder):
@@ -146,6 +148,10 @@ def checkpoint(fn: Callable[..., Any], *args: Any) -> Any:
     library's RNG (whose state is replayed); it may use parameters (leaves) freely, but any other
     recorded tensor it needs must be passed as an argument. Memory: only the arguments and
     outputs are kept."""
+    tracer = TRACER.get()
+    if tracer is not None:  # inside a traced step: the per-op tape must run it (see scan.py)
+        tracer.fail("it applies the primitive 'checkpoint', which does not support the scan "
+                    "(scan = False)")
     call = _Call(args)
     inputs = tuple(call.tensors)
     outs, saved = Checkpoint.forward(*(t.data for t in inputs), fn=fn, call=call)

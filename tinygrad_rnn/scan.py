@@ -192,7 +192,7 @@ class _Tracer:
 
     def record(self, op: type[Primitive], inputs: tuple[Tensor, ...], params: dict[str, Any],
                out: Any) -> Any:
-        if not op.__dict__.get("scan", getattr(op, "scan", True)):
+        if not op.scan:
             self.fail(f"it applies the primitive '{op.name}', which does not support the scan "
                       f"(scan = False)")
         ins = tuple(self.slot(t) for t in inputs)
@@ -874,6 +874,7 @@ def prepare(cell: Any, step: Callable[..., Any], xp: Any, state: Any) -> Plan | 
     if T < 2 or TRACER.get() is not None:  # nested in a traced step: the outer trace records it
         return None
     from .errors import DTypeError, GraphError, ShapeError
+    rng_state = _random.get_state()  # the traced steps' draws must not shift the real ones
     try:
         tuple_x = isinstance(xp, (tuple, list))
         parts = list(xp) if tuple_x else [xp]
@@ -897,6 +898,8 @@ def prepare(cell: Any, step: Callable[..., Any], xp: Any, state: Any) -> Plan | 
         pass  # a genuine error of the call: the per-op run raises it where it belongs
     except Exception as e:  # noqa: BLE001 - whatever tracing broke, the per-op tape is right
         _warn(cell, f"tracing its step raised {type(e).__name__}: {e}")
+    finally:
+        _random.set_state(rng_state)
     return None
 
 
