@@ -379,7 +379,8 @@ class Linear(Primitive):
                 gbs.append(g)  # the engine sums over whatever was broadcast
             else:
                 if summed is None:
-                    summed = (Pieces(g.reshape(g.shape[0], -1, w.shape[0]).sum(axis=1)[::-1])
+                    summed = (Pieces.of_rows(g.reshape(g.shape[0], -1, w.shape[0])
+                                             .sum(axis=1)[::-1])
                               if stepwise else  # one piece per step, the last first
                               g[0] if g.shape[0] == 1 else g.sum(axis=0))
                 gbs.append(summed)
