@@ -640,29 +640,27 @@ class _Backward:
                 L.append(f"{ind}r = b{i}({garg}, {local}K{i}[t], N{i})")
                 if anomaly:
                     L.append(f"{ind}check({i}, t, r)")
-            targets = []
+            targets: list[int] = []
             for j, s in enumerate(ins.ins):
                 if not sn[j]:
                     continue
-                if tmpl is not None and s not in defined:
-                    L.append(f"{ind}g{s} = {tmpl[1][j]}")
-                    targets.append(s)
-                    continue
                 if tmpl is not None:
-                    L.append(f"{ind}c = {tmpl[1][j]}")
+                    expr = f"({tmpl[1][j]})"
                 else:
                     L.append(f"{ind}c = r[{j}]")
                     L.append(f"{ind}if c.__class__ is not ndarray or c.shape != SH{s} or "
                              f"c.dtype is not DT{s}: c = fit(c, SH{s}, DT{s}, {ins.op.name!r})")
-                if guard and s not in defined:
-                    L.append(f"{ind}g{s} = c")
-                elif guard or s in maybe_none:
-                    L.append(f"{ind}g{s} = acc(g{s}, c)")
-                elif s in defined:
-                    L.append(f"{ind}g{s} = g{s} + c")
+                    expr = "c"
+                if s in targets:  # the same value twice in this operation (h * h): add up
+                    L.append(f"{ind}g{s} = g{s} + {expr}")
+                elif s not in defined:
+                    L.append(f"{ind}g{s} = {expr}")
+                elif s in maybe_none:
+                    L.append(f"{ind}g{s} = acc(g{s}, {expr})")
                 else:
-                    L.append(f"{ind}g{s} = c")
-                targets.append(s)
+                    L.append(f"{ind}g{s} = g{s} + {expr}")
+                if s not in targets:
+                    targets.append(s)
             if guard:
                 fresh = [s for s in targets if s not in defined]
                 L.append("        else:")
@@ -680,7 +678,8 @@ class _Backward:
                          else f"        GX{s}[t] = g{s}")
         for s in p.const_slots:
             if grad[s] and s in defined:
-                L.append(f"        GC{s}.append(g{s})")
+                L.append(f"        if g{s} is not None: GC{s}.append(g{s})" if s in maybe_none
+                         else f"        GC{s}.append(g{s})")
         L.append(f"    return [{', '.join(f'n{i}' for i in range(len(p.s_slots)))}]")
         env: dict[str, Any] = {"ndarray": np.ndarray, "np": np}
         for s in range(len(p.kinds)):
@@ -702,7 +701,7 @@ def _stack(arrays: list[np.ndarray]) -> np.ndarray:
     """np.stack of same-shape arrays along a new axis 0; one concatenate where it can (np.stack's
     Python costs 0.5 us per array)."""
     a = arrays[0]
-    if a.ndim == 0 or not all(x.shape == a.shape and x.dtype == a.dtype for x in arrays):
+    if a.ndim == 0 or len({x.shape for x in arrays}) != 1:
         return np.stack(arrays)
     return np.concatenate(arrays).reshape((len(arrays),) + a.shape)
 
@@ -712,6 +711,9 @@ def _stack_saved(per_step: list[Any], fixed: set[int], out_ndim: int) -> Any:
     (a lower-rank one first padded to the output's rank, so that broadcasting still lines up);
     the scan's own inputs (weights, `fixed` by id) and non-arrays are taken as they are."""
     first = per_step[0]
+    if isinstance(first, np.generic):  # a 0-d forward may save a numpy scalar
+        per_step = [np.asarray(a) for a in per_step]
+        first = per_step[0]
     if isinstance(first, np.ndarray):
         if id(first) in fixed:
             return first
