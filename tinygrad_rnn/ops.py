@@ -19,18 +19,18 @@ from .tensor import Axis, Tensor, _const
 
 
 class _Elementwise(Primitive):
-    # forward and per-step gradient as code for the scan (Primitive.forward_code, grad_code);
-    # the gradients hold when no input is broadcast
-    code: tuple[str, ...] | None = None
+    # forward and per-step gradient as code for the scan (Primitive.forward_code, grad_code),
+    # where no input is broadcast: `code` (lines, what is saved)
+    code: tuple[tuple[str, ...], Any] | None = None
     grads: dict[int, str] | None = None
     grads_pre: tuple[str, ...] = ()
 
     @classmethod
     def forward_code(cls, params: dict[str, Any], shapes: tuple[tuple[int, ...], ...],
-                     out_shape: tuple[int, ...]) -> tuple[list[str], dict[str, Any]] | None:
-        if cls.code is None or not out_shape:  # 0-d: numpy gives scalars, forward converts
-            return None
-        return list(cls.code), {}
+                     out_shape: tuple[int, ...]) -> Any:
+        if cls.code is None or not out_shape:
+            return None  # 0-d: numpy gives scalars, which forward converts
+        return list(cls.code[0]), {}, cls.code[1], out_shape, ()
 
     @classmethod
     def batches(cls, varying: tuple[bool, ...], ndims: tuple[int, ...]) -> bool:
@@ -39,9 +39,9 @@ class _Elementwise(Primitive):
     @classmethod
     def grad_code(cls, params: dict[str, Any], shapes: tuple[tuple[int, ...], ...],
                   out_shape: tuple[int, ...]) -> tuple[tuple[str, ...], dict[int, str]] | None:
-        if cls.grads is None or any(s != out_shape for s in shapes):
+        if cls.grads is None:  # the inputs of the output's shape (a broadcast one: backward)
             return None
-        return cls.grads_pre, cls.grads
+        return cls.grads_pre, {j: e for j, e in cls.grads.items() if shapes[j] == out_shape}
 
     @classmethod
     def check(cls, *arrays: np.ndarray, **params: Any) -> None:
@@ -66,7 +66,7 @@ class Add(_Elementwise):
     def backward(g, saved, needs):  # d(a+b) = da + db
         return g, g
 
-    code = ("y = a0 + a1", "s = None")
+    code = (("np.add(a0, a1, y)", "s = None"), None)
     grads = {0: "g", 1: "g"}
 
 
@@ -82,7 +82,7 @@ class Sub(_Elementwise):
     def backward(g, saved, needs):  # d(a-b) = da - db
         return g, (-g if needs[1] else None)
 
-    code = ("y = a0 - a1", "s = None")
+    code = (("np.subtract(a0, a1, y)", "s = None"), None)
     grads = {0: "g", 1: "-g"}
 
 
@@ -99,7 +99,7 @@ class Mul(_Elementwise):
         a, b = saved
         return (g * b if needs[0] else None), (g * a if needs[1] else None)
 
-    code = ("y = a0 * a1", "s = (a0, a1)")
+    code = (("np.multiply(a0, a1, y)", "s = (a0, a1)"), ("a0", "a1"))
     grads = {0: "g * s[1]", 1: "g * s[0]"}
 
 
@@ -139,14 +139,15 @@ class Addcmul(_Elementwise):
     def forward_code(cls, params, shapes, out_shape):
         if params.get("value", 1) != 1 or not out_shape or any(s != out_shape for s in shapes):
             return None
-        return ["y = a1 * a2", "np.add(y, a0, y)", "s = (a1, a2, value)"], \
-            {"value": params.get("value", 1)}
+        return ["np.multiply(a1, a2, y)", "np.add(y, a0, y)", "s = (a1, a2, value)"], \
+            {"value": params.get("value", 1)}, ("a1", "a2", None), out_shape, ()
 
     @classmethod
     def grad_code(cls, params, shapes, out_shape):
-        if params.get("value", 1) != 1 or any(s != out_shape for s in shapes):
+        if params.get("value", 1) != 1:
             return None
-        return (), {0: "g", 1: "g * s[1]", 2: "g * s[0]"}
+        exprs = {0: "g", 1: "g * s[1]", 2: "g * s[0]"}
+        return (), {j: e for j, e in exprs.items() if shapes[j] == out_shape}
 
 
 @register
@@ -172,7 +173,8 @@ class Lerp(_Elementwise):
     def forward_code(cls, params, shapes, out_shape):
         if not out_shape or any(s != out_shape for s in shapes):
             return None
-        return ["d = a1 - a0", "y = a2 * d", "np.add(y, a0, y)", "s = (a2, d)"], {}
+        return ["d = a1 - a0", "np.multiply(a2, d, y)", "np.add(y, a0, y)", "s = (a2, d)"], \
+            {}, ("a2", None), out_shape, ()
 
     grads_pre = ("gb = g * s[0]",)
     grads = {0: "g - gb", 1: "gb", 2: "g * s[1]"}
@@ -206,7 +208,7 @@ class Neg(_Elementwise):
     def backward(g, saved, needs):
         return (-g,)
 
-    code = ("y = -a0", "s = None")
+    code = (("np.negative(a0, y)", "s = None"), None)
     grads = {0: "-g"}
 
 
@@ -266,6 +268,18 @@ class MatMul(Primitive):
     @classmethod
     def batches(cls, varying, ndims):  # a step's (..., n) @ a weight (n, m): a (T, ..., n) @ w
         return varying[0] and not varying[1] and ndims[1] == 2
+
+    @classmethod
+    def forward_code(cls, params, shapes, out_shape):
+        if not out_shape:
+            return None
+        return ["np.matmul(a0, a1, y)", "s = (a0, a1)"], {}, ("a0", "a1"), out_shape, ()
+
+    @classmethod
+    def grad_code(cls, params, shapes, out_shape):  # dA = G B^T (a weight's dB is batched)
+        if len(shapes[1]) != 2 or len(shapes[0]) < 2:
+            return None
+        return (), {0: "g @ s[1].T"}
 
     @classmethod
     def check(cls, a, b):
@@ -339,13 +353,15 @@ class Linear(Primitive):
         if len(w) != 2 or not x or (len(biases) == 2 and biases[0] == biases[1] == (w[0],)) \
                 or any(b != out_shape[len(out_shape) - len(b):] for b in biases):
             return None
-        lines = ["y = a0 @ a1.T"] + [f"np.add(y, a{j}, y)" for j in range(2, len(shapes))]
+        lines = ["np.matmul(a0, a1.T, y)"] + [f"np.add(y, a{j}, y)" for j in range(2, len(shapes))]
         act = params.get("act")
         if act is None:
-            return lines + ["s = (a0, a1, shapes)"], {"shapes": list(biases)}
+            return lines + ["s = (a0, a1, shapes)"], {"shapes": list(biases)}, \
+                ("a0", "a1", None), out_shape, ()
         lines.append("np.tanh(y, y)" if act == "tanh" else "sigmoid(y, y)")
         return lines + ["s = (a0, a1, shapes, act, y)"], \
-            {"shapes": list(biases), "act": act, "sigmoid": _sigmoid}
+            {"shapes": list(biases), "act": act, "sigmoid": _sigmoid}, \
+            ("a0", "a1", None, None, "y"), out_shape, ()
 
     @classmethod
     def grad_code(cls, params, shapes, out_shape):  # dx = G W; a full-shape bias gets G
@@ -447,7 +463,7 @@ class Tanh(_Elementwise):
         np.multiply(d, g, d)
         return (d,)
 
-    code = ("y = np.tanh(a0)", "s = y")
+    code = (("np.tanh(a0, y)", "s = y"), "y")
 
     @staticmethod
     def local(y):  # 1 - y^2 for all steps at once (scan)
@@ -525,7 +541,9 @@ class Sigmoid(_Elementwise):
 
     @classmethod
     def forward_code(cls, params, shapes, out_shape):
-        return (["y = sigmoid(a0)", "s = y"], {"sigmoid": _sigmoid}) if out_shape else None
+        if not out_shape:
+            return None
+        return ["sigmoid(a0, y)", "s = y"], {"sigmoid": _sigmoid}, "y", out_shape, ()
 
     @staticmethod
     def local(y):  # y (1 - y) for all steps at once (scan)
@@ -837,6 +855,17 @@ class Split(Primitive):
             start += n
         return outs, (x.dtype, sizes, axis, x.shape)
 
+    @classmethod
+    def forward_code(cls, params, shapes, out_shape):  # views of the input, as forward
+        sizes, axis = params["sizes"], params["axis"]
+        lines, start = [], 0
+        for k, n in enumerate(sizes):
+            index = ", ".join([":"] * axis + [f"{start}:{start + n}"])
+            lines.append(f"y{k} = a0[{index}]")
+            start += n
+        return lines + ["s = (a0.dtype, sizes, axis, a0.shape)"], \
+            {"sizes": sizes, "axis": axis}, None, None, tuple((k, "a0") for k in range(len(sizes)))
+
     @staticmethod
     def backward(gs, saved, needs):  # pieces that got no gradient contribute zeros
         dtype, sizes, axis, shape = saved
@@ -937,7 +966,7 @@ class Gates(Primitive):
         if not shapes[0]:
             return None
         n = shapes[0][-1] // len(acts)
-        lines = ["y = sigmoid(a0)" if "sigmoid" in acts else "y = np.array(a0)"]
+        lines = ["sigmoid(a0, y)" if "sigmoid" in acts else "np.copyto(y, a0)"]
         for k, act in enumerate(acts):
             chunk = f"[..., {k * n}:{(k + 1) * n}]"
             lines.append(f"y{k} = a0{chunk}" if act == "identity" else f"y{k} = y{chunk}")
@@ -945,7 +974,8 @@ class Gates(Primitive):
                 lines.append(f"np.tanh(a0{chunk}, y{k})")
             elif act == "relu":
                 lines.append(f"np.maximum(a0{chunk}, 0, out=y{k})")
-        return lines + ["s = (y, acts)"], {"acts": acts, "sigmoid": _sigmoid}
+        return lines + ["s = (y, acts)"], {"acts": acts, "sigmoid": _sigmoid}, ("y", None), \
+            shapes[0], tuple((k, "a0") for k, a in enumerate(acts) if a == "identity")
 
     @classmethod
     def grad_code(cls, params, shapes, out_shape):  # every chunk's gradient side by side, times d

@@ -71,11 +71,15 @@ class Primitive:
 
     @classmethod
     def forward_code(cls, params: dict[str, Any], shapes: tuple[tuple[int, ...], ...],
-                     out_shape: tuple[int, ...]) -> tuple[list[str], dict[str, Any]] | None:
-        """The forward as code, inlined by the scan when inputs and output share one float dtype:
-        (lines, names) computing `y` (or y0, y1, ... for several outputs) and `s` (what forward
-        saves) from the inputs a0, a1, ... exactly as `forward` does; `names` are objects the
-        lines use (np is there). None: forward is called."""
+                     out_shape: tuple[int, ...]) -> Any:
+        """The forward as code, inlined by the scan when inputs and output share one float
+        dtype: (lines, names, saved, buffer_shape, aliases). From the inputs a0, a1, ... the
+        lines compute the values `forward` computes, writing the output into `y` (an array of
+        buffer_shape: row t of the scan's buffer; several outputs: views y0, y1, ... of it), and
+        set `s` to what forward saves. `names`: objects the lines use (np is there). `saved`
+        mirrors `s`, naming each part: an input ("a0"), the buffer ("y") or neither (None), so
+        that the scan stacks them over time as views. `aliases`: the inputs an output may view.
+        None: forward is called."""
         return None
 
     @classmethod

@@ -355,6 +355,7 @@ class Plan:
         self.x_slots = tuple(range(self.nx))
         self.s_slots = tuple(range(self.nx, self.nx + self.ns))
         self.state_sig = [(self.shapes[s], self.dtypes[s]) for s in self.s_slots]
+        self._layout: _Layout | None = None
         self.const_index = {s: k for k, s in enumerate(self.const_slots)}
         self.F = [ins.op.forward for ins in self.instrs]
         self.P = [ins.params for ins in self.instrs]
@@ -365,6 +366,12 @@ class Plan:
         self._batch = [not ins.multi and ins.op.batches(
             tuple(self.kinds[s] != "c" for s in ins.ins), tuple(len(self.shapes[s]) for s in ins.ins))
             for ins in self.instrs]
+
+    @property
+    def layout(self) -> _Layout:
+        if self._layout is None:
+            self._layout = _Layout(self)
+        return self._layout
 
     def batchable(self, i: int) -> bool:
         """Whether instruction i's weight gradients are computed once over all steps."""
@@ -452,18 +459,106 @@ def _cached(key: Any, make: Callable[[], Any]) -> Any:
 
 # The generated code is plain Python over local variables: v<slot> for values, g<slot> for their
 # gradients, K<i> for what instruction i saved at each step. `fn.source` holds the text.
+class _Layout:
+    """Where a plan's values live over time. An operation whose forward is inlined as code
+    writes its output into row t of a (T, ...) buffer; a state part that such an operation
+    computes gets a (T + 1, ...) buffer whose row 0 is the initial state (as hand-written BPTT
+    keeps h_all). Stacking what the steps saved is then a view of these buffers, not a copy."""
+
+    def __init__(self, p: Plan) -> None:
+        self.tmpl: list[Any] = []
+        for ins in p.instrs:
+            tmpl = None
+            if len({p.dtypes[s] for s in ins.ins + ins.outs}) == 1 and \
+                    p.dtypes[ins.outs[0]].kind == "f":
+                tmpl = ins.op.forward_code(ins.params, tuple(p.shapes[s] for s in ins.ins),
+                                           p.shapes[ins.outs[0]])
+            self.tmpl.append(tmpl)
+        # An output nothing keeps (not saved, not returned, not aliased) needs no history: its
+        # operation writes into one scratch array, reused at every step
+        kept_slot = set(p.new_slots) | {p.y}
+        for i, (ins, tmpl) in enumerate(zip(p.instrs, self.tmpl)):
+            if tmpl is None:
+                kept_slot.update(ins.ins)  # its forward may save any input
+            else:
+                kept_slot.update(ins.ins[int(r[1:])] for r in _refs(tmpl[2]) if r[0] == "a")
+        changed = True
+        while changed:  # an output that views an input (a chunk of split) keeps the input
+            changed = False
+            for ins, tmpl in zip(p.instrs, self.tmpl):
+                for k, r in (tmpl[4] if tmpl is not None else ()):
+                    s = ins.ins[int(r[1:])]
+                    if ins.outs[k] in kept_slot and s not in kept_slot:
+                        kept_slot.add(s)
+                        changed = True
+        self.kept = [t is not None and t[3] is not None and (
+            "y" in _refs(t[2]) or any(o in kept_slot for o in ins.outs))
+            for ins, t in zip(p.instrs, self.tmpl)]
+        self.producer = {}  # slot -> the inlined single-output operation that keeps it over time
+        for i, (ins, tmpl) in enumerate(zip(p.instrs, self.tmpl)):
+            if tmpl is not None and not ins.multi and self.kept[i]:
+                self.producer[ins.outs[0]] = i
+        self.offset = [0] * len(p.instrs)  # 1: a state buffer, row t + 1 written at step t
+        self.state_buf: dict[int, int] = {}  # state part -> its operation's buffer
+        for j, s in enumerate(p.new_slots):
+            i = self.producer.get(s)
+            if i is not None and p.new_slots.count(s) == 1 and self.offset[i] == 0:
+                self.offset[i] = 1
+                self.state_buf[j] = i
+        self.y_buf = self.producer.get(p.y)
+
+    def buffers(self, p: Plan, T: int, S: Any) -> list[Any]:
+        bufs: list[Any] = []
+        for i, tmpl in enumerate(self.tmpl):
+            if tmpl is None or tmpl[3] is None:  # called, or its outputs are views (split)
+                bufs.append(None)
+                continue
+            rows = (T + self.offset[i],) if self.kept[i] else ()
+            bufs.append(np.empty(rows + tmpl[3], p.dtypes[p.instrs[i].outs[0]]))
+        for j, i in self.state_buf.items():
+            bufs[i][0] = S[j]
+        return bufs
+
+    def rows(self, bufs: list[Any], i: int) -> np.ndarray:
+        """Operation i's outputs of all steps, (T, ...)."""
+        return bufs[i][self.offset[i]:]
+
+    def slot_rows(self, p: Plan, bufs: list[Any], X: Any, s: int) -> np.ndarray | None:
+        """The values slot s took at every step, (T, ...), if they are kept together."""
+        kind = p.kinds[s]
+        if kind == "x":
+            return X[p.x_slots.index(s)]
+        if kind == "s":
+            i = self.state_buf.get(p.s_slots.index(s))
+            return None if i is None else bufs[i][:-1]
+        i = self.producer.get(s)
+        return None if i is None or kind != "v" else self.rows(bufs, i)
+
+
+def _refs(saved: Any) -> list[str]:
+    """The names in a forward_code's `saved` description."""
+    if isinstance(saved, tuple):
+        return [r for r in saved if isinstance(r, str)]
+    return [saved] if isinstance(saved, str) else []
+
+
 def _gen_forward(p: Plan, keep: bool, anomaly: bool) -> Callable[..., Any]:
-    L = ["def forward(T, X, S, C, F, P, Y, K, check):"]
+    lay = p.layout
+    L = ["def forward(T, X, S, C, F, P, Y, K, OUT, check):"]
     for i, s in enumerate(p.x_slots):
         L.append(f"    X{s} = X[{i}]")
     for i, s in enumerate(p.s_slots):
         L.append(f"    v{s} = S[{i}]")
     for k, s in enumerate(p.const_slots):
         L.append(f"    v{s} = C[{k}]")
+    inline = [t is not None and not anomaly for t in lay.tmpl]
     for i, ins in enumerate(p.instrs):
-        L.append(f"    f{i} = F[{i}]")
-        if ins.params:
-            L.append(f"    p{i} = P[{i}]")
+        if inline[i]:
+            L.append(f"    OUT{i} = OUT[{i}]")
+        else:
+            L.append(f"    f{i} = F[{i}]")
+            if ins.params:
+                L.append(f"    p{i} = P[{i}]")
         if keep:
             L.append(f"    K{i} = K[{i}]")
     L.append("    for t in range(T):")
@@ -471,15 +566,13 @@ def _gen_forward(p: Plan, keep: bool, anomaly: bool) -> Callable[..., Any]:
         L.append(f"        v{s} = X{s}[t]")
     env: dict[str, Any] = {"asarray": np.asarray, "np": np}
     for i, ins in enumerate(p.instrs):
-        tmpl = None
-        if len({p.dtypes[s] for s in ins.ins + ins.outs}) == 1 and \
-                p.dtypes[ins.outs[0]].kind == "f":
-            tmpl = ins.op.forward_code(ins.params, tuple(p.shapes[s] for s in ins.ins),
-                                       p.shapes[ins.outs[0]])
-        if tmpl is not None and not anomaly:  # the forward inline (see Primitive.forward_code)
-            lines, names = tmpl
+        if inline[i]:  # the forward inline, into row t of its buffer (Primitive.forward_code)
+            lines, names = lay.tmpl[i][:2]
             for j, s in enumerate(ins.ins):
                 L.append(f"        a{j} = v{s}")
+            if lay.tmpl[i][3] is not None:
+                L.append(f"        y = OUT{i}[t + 1]" if lay.offset[i] else
+                         f"        y = OUT{i}[t]" if lay.kept[i] else f"        y = OUT{i}")
             for name, value in names.items():
                 env[f"{name}_{i}"] = value
                 lines = [re.sub(rf"\b{name}\b", f"{name}_{i}", ln) for ln in lines]
@@ -502,7 +595,8 @@ def _gen_forward(p: Plan, keep: bool, anomaly: bool) -> Callable[..., Any]:
             L.append(f"        K{i}[t] = k{i}")
         if anomaly:
             L.append(f"        check({i}, t, [{', '.join(f'v{o}' for o in ins.outs)}])")
-    L.append(f"        Y[t] = v{p.y}")
+    if lay.y_buf is None or anomaly:
+        L.append(f"        Y[t] = v{p.y}")
     if p.ns:
         L.append(f"        {', '.join(f'v{s}' for s in p.s_slots)}, = "
                  f"{', '.join(f'v{s}' for s in p.new_slots)},")
@@ -612,13 +706,27 @@ class _Backward:
                 add(s, f"n{i}", "        ", not self.filled[i])
         if has_y_grad and grad[p.y]:
             add(p.y, "GY[t]", "        ", False)
+        same: dict[int, int] = {}  # slot -> a slot whose gradient is the same array (a + b)
+        owner: dict[int, int] = {}  # such a gradient -> the operation whose buffer keeps it
+        share: dict[int, int] = {}  # operation -> the operation whose gradient buffer it shares
+
+        def root(s: int) -> int:
+            while s in same:
+                s = same[s]
+            return s
+
         for i in range(len(p.instrs) - 1, -1, -1):
             ins, sn = p.instrs[i], self.step_needs[i]
             outs = [o for o in ins.outs if o in defined]
             if self.batched[i]:
                 o = ins.outs[0]
-                L.append(f"        GB{i}[t] = g{o}" if o in defined else
-                         f"        GB{i}[t] = None")
+                if o in maybe_none:
+                    L.append(f"        if g{o} is not None: GB{i}[t] = g{o}")
+                elif root(o) in owner:  # the same gradient array: kept once
+                    share[i] = owner[root(o)]
+                elif o in defined:
+                    owner[root(o)] = i
+                    L.append(f"        GB{i}[t] = g{o}")
             if not any(sn) or not outs:
                 continue
             garg = ("[" + ", ".join(f"g{o}" if o in defined else "None" for o in ins.outs) + "]"
@@ -653,12 +761,17 @@ class _Backward:
                     expr = "c"
                 if s in targets:  # the same value twice in this operation (h * h): add up
                     L.append(f"{ind}g{s} = g{s} + {expr}")
+                    same.pop(s, None)
                 elif s not in defined:
                     L.append(f"{ind}g{s} = {expr}")
+                    if expr == "(g)" and not ins.multi and not guard:
+                        same[s] = root(ins.outs[0])
                 elif s in maybe_none:
                     L.append(f"{ind}g{s} = acc(g{s}, {expr})")
+                    same.pop(s, None)
                 else:
                     L.append(f"{ind}g{s} = g{s} + {expr}")
+                    same.pop(s, None)
                 if s not in targets:
                     targets.append(s)
             if guard:
@@ -684,7 +797,9 @@ class _Backward:
         env: dict[str, Any] = {"ndarray": np.ndarray, "np": np}
         for s in range(len(p.kinds)):
             env[f"SH{s}"], env[f"DT{s}"] = p.shapes[s], p.dtypes[s]
-        return _compile(L, "backward", env)
+        fn = _compile(L, "backward", env)
+        fn.share = share  # type: ignore[attr-defined]
+        return fn
 
 
 def _compile(lines: list[str], name: str, env: dict[str, Any]) -> Callable[..., Any]:
@@ -727,6 +842,38 @@ def _stack_saved(per_step: list[Any], fixed: set[int], out_ndim: int) -> Any:
     return first
 
 
+def _stacked(p: Plan, bufs: list[Any] | None, X: Any, i: int, per_step: list[Any],
+             fixed: set[int]) -> Any:
+    """What operation i saved at every step, time-varying arrays stacked along a new leading
+    axis: views of the forward's buffers where the operation's code says which saved value is
+    which (its forward_code), copies otherwise."""
+    ins, lay = p.instrs[i], p.layout
+    out_ndim = len(p.shapes[ins.outs[0]])
+    refs = lay.tmpl[i][2] if bufs is not None and lay.tmpl[i] is not None else None
+    if refs is None:
+        return _stack_saved(per_step, fixed, out_ndim)
+
+    def one(ref: Any, values: list[Any]) -> Any:
+        rows = None
+        if ref == "y":
+            rows = lay.rows(bufs, i)
+        elif isinstance(ref, str) and ref.startswith("a"):
+            s = ins.ins[int(ref[1:])]
+            if p.kinds[s] == "c":
+                return values[0]
+            rows = lay.slot_rows(p, bufs, X, s)
+        if rows is None:
+            return _stack_saved(values, fixed, out_ndim)
+        if rows.ndim - 1 < out_ndim:  # as _stack_saved pads: broadcasting must line up
+            rows = rows.reshape(rows.shape[:1] + (1,) * (out_ndim - rows.ndim + 1) +
+                                rows.shape[1:])
+        return rows
+
+    if isinstance(refs, tuple):
+        return tuple(one(r, [s[k] for s in per_step]) for k, r in enumerate(refs))
+    return one(refs, per_step)
+
+
 def _per_step(g: Any, steps: int, shape: tuple[int, ...], dtype: np.dtype, name: str) -> Any:
     """A gradient computed over all steps at once for a time-invariant input, as one piece per
     step, the last first: the engine adds them in that order, as it would the per-op records'."""
@@ -762,17 +909,22 @@ class Scan(Primitive):
         nx, ns, nc = p.nx, p.ns, len(p.consts)
         X, S, C = arrays[:nx], arrays[nx:nx + ns], arrays[nx + ns:nx + ns + nc]
         T = X[0].shape[0]
-        ys = np.empty((T,) + p.shapes[p.y], dtype=p.dtypes[p.y])
         anomaly = bool(_MODE.get() & ANOMALY)
         keep = keep or anomaly
         K = [[None] * T for _ in p.instrs] if keep else None
+        lay = p.layout
+        bufs = None if anomaly else lay.buffers(p, T, S)
+        if bufs is not None and lay.y_buf is not None:
+            ys = lay.rows(bufs, lay.y_buf)
+        else:
+            ys = np.empty((T,) + p.shapes[p.y], dtype=p.dtypes[p.y])
         fwd = p.forward_code(keep, anomaly)
-        final = fwd(T, X, S, C, p.F, p.P, ys, K, _checker(p, "output"))
-        return [ys, *final], (p, channels, K, C, T, X[0].dtype)
+        final = fwd(T, X, S, C, p.F, p.P, ys, K, bufs, _checker(p, "output"))
+        return [ys, *final], (p, channels, K, C, T, X, bufs)
 
     @staticmethod
     def backward(gs, saved, needs):
-        p, channels, K, C, T, _ = saved
+        p, channels, K, C, T, X, bufs = saved
         nx, ns, nc = p.nx, p.ns, len(p.consts)
         main = needs[:nx + ns + nc]
         code = p.backward_code(main, gs[0] is not None)
@@ -781,21 +933,24 @@ class Scan(Primitive):
         stacked: dict[int, Any] = {}
         for i, ins in enumerate(p.instrs):
             if code.uses_local[i] or code.batched[i]:
-                stacked[i] = _stack_saved(K[i], fixed, len(p.shapes[ins.outs[0]]))
+                stacked[i] = _stacked(p, bufs, X, i, K[i], fixed)
             if code.uses_local[i]:
                 LOC[i] = ins.op.local(stacked[i])
         GX = [np.zeros((T,) + p.shapes[s], p.dtypes[s]) if code.grad[s] else None
               for s in p.x_slots]
-        GB = [[None] * T if b else None for b in code.batched]
+        fn = code.fn_anomaly if _MODE.get() & ANOMALY else code.fn
+        GB: list[Any] = [None] * len(p.instrs)
+        for i, (b, ins) in enumerate(zip(code.batched, p.instrs)):
+            if b and i not in fn.share:
+                GB[i] = np.zeros((T,) + p.shapes[ins.outs[0]], p.dtypes[ins.outs[0]])
+        for i, j in fn.share.items():
+            GB[i] = GB[j]
         GC = [[] if code.grad[s] else None for s in p.const_slots]
         B = [ins.op.backward_local if code.uses_local[i] else ins.op.backward
              for i, ins in enumerate(p.instrs)]
         GS = [np.zeros(p.shapes[s], p.dtypes[s]) if g is None and filled else g
               for g, filled, s in zip(gs[1:], code.filled, p.new_slots)]
-        if _MODE.get() & ANOMALY:
-            fn, check = code.fn_anomaly, _checker(p, "gradient")
-        else:
-            fn, check = code.fn, _no_check
+        check = _checker(p, "gradient") if _MODE.get() & ANOMALY else _no_check
         g_init = fn(T, gs[0], GS, K, LOC, B, code.step_needs, GX, GB, GC, _fit, _acc, check)
         grads: list[Any] = [*GX, *g_init]
         for k, s in enumerate(p.const_slots):
@@ -806,14 +961,8 @@ class Scan(Primitive):
             if not js:
                 continue
             ins = p.instrs[i]
-            steps = [g for g in GB[i] if g is not None]
-            if not steps:
-                continue
-            o = ins.outs[0]
-            G = _stack([np.zeros(p.shapes[o], p.dtypes[o]) if g is None else g
-                        for g in GB[i]] if len(steps) < T else GB[i])
             want = tuple(j in js for j in range(len(ins.ins)))
-            r = ins.op.backward(G, stacked[i], want)
+            r = ins.op.backward(GB[i], stacked[i], want)
             if _MODE.get() & ANOMALY:
                 _checker(p, "gradient")(i, -1, [x for x in r if isinstance(x, np.ndarray)])
             for j in js:
