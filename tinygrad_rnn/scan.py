@@ -962,7 +962,11 @@ class Scan(Primitive):
                 continue
             ins = p.instrs[i]
             want = tuple(j in js for j in range(len(ins.ins)))
-            r = ins.op.backward(GB[i], stacked[i], want)
+            if code.uses_local[i]:  # the local derivative of all steps is there already
+                r = ins.op.backward_local(GB[i], LOC[i], stacked[i], want)
+            else:
+                r = ins.op.backward(GB[i], stacked[i], want)
+            GB[i] = LOC[i] = None  # type: ignore[call-overload]
             if _MODE.get() & ANOMALY:
                 _checker(p, "gradient")(i, -1, [x for x in r if isinstance(x, np.ndarray)])
             for j in js:
