@@ -369,7 +369,8 @@ class Linear(Primitive):
             return None
         exprs = {0: "g @ s[1]"}
         exprs.update((j, "g") for j in range(2, len(shapes)) if shapes[j] == out_shape)
-        return (("g = g * d",) if params.get("act") else ()), exprs
+        # the weights' batched gradient is _grads of g after act, which the loop has made
+        return (("g = g * d",) if params.get("act") else ()), exprs, Linear._grads
 
     @staticmethod
     def _grads(g, saved, needs):  # g: the gradient of x W^T + b (after the activation's)

@@ -88,7 +88,9 @@ class Primitive:
         """The per-step gradient as code, inlined by the scan when inputs and outputs share one
         dtype: (statements, {input index: expression}) in `g` (the output's gradient; a list
         for several outputs), `s` (what forward saved), `d` (`local`'s value at that step) and
-        `np`. Each expression must have its input's shape. None: backward is called."""
+        `np`. Each expression must have its input's shape. An optional third element,
+        f(g, saved, needs), gives the weights' gradient, over all steps, from the g the
+        statements leave (linear: after its activation's derivative). None: backward is called."""
         return None
 
     @classmethod

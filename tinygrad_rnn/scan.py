@@ -657,6 +657,9 @@ class _Backward:
                                                 enumerate(self.step_needs[i]) if n):
                     tmpl = None
             self.code.append(tmpl)
+        # where grad_code names it: a weight's batched gradient from the gradient after its lines
+        self.post = [tmpl[2] if tmpl is not None and len(tmpl) > 2 else None
+                     for tmpl in self.code]
         # a state part's gradient is never None inside the loop if its slot always gets one
         # (then the final state's missing gradient is zeros): found by a first generation
         self.filled = [True] * ns
@@ -706,9 +709,12 @@ class _Backward:
                 add(s, f"n{i}", "        ", not self.filled[i])
         if has_y_grad and grad[p.y]:
             add(p.y, "GY[t]", "        ", False)
-        same: dict[int, int] = {}  # slot -> a slot whose gradient is the same array (a + b)
+        # slot -> what its gradient is the same array as: another slot (a + b passes g on), or
+        # -1 - i: operation i's gradient after its grad_code's lines (q<i>)
+        same: dict[int, int] = {}
         owner: dict[int, int] = {}  # such a gradient -> the operation whose buffer keeps it
-        share: dict[int, int] = {}  # operation -> the operation whose gradient buffer it shares
+        share: dict[int, Any] = {}  # operation -> the operation (or ("x", k)) it shares with
+        writes: list[tuple[int, str, int]] = []
 
         def root(s: int) -> int:
             while s in same:
@@ -718,15 +724,13 @@ class _Backward:
         for i in range(len(p.instrs) - 1, -1, -1):
             ins, sn = p.instrs[i], self.step_needs[i]
             outs = [o for o in ins.outs if o in defined]
-            if self.batched[i]:
+            post = self.post[i] is not None and self.code[i] is not None
+            if self.batched[i] and not post:  # stored at the end of the step (see below)
                 o = ins.outs[0]
                 if o in maybe_none:
                     L.append(f"        if g{o} is not None: GB{i}[t] = g{o}")
-                elif root(o) in owner:  # the same gradient array: kept once
-                    share[i] = owner[root(o)]
                 elif o in defined:
-                    owner[root(o)] = i
-                    L.append(f"        GB{i}[t] = g{o}")
+                    writes.append((i, f"g{o}", root(o)))
             if not any(sn) or not outs:
                 continue
             garg = ("[" + ", ".join(f"g{o}" if o in defined else "None" for o in ins.outs) + "]"
@@ -743,6 +747,10 @@ class _Backward:
                 L.append(f"{ind}g = {garg}; s = K{i}[t]" +
                          (f"; d = L{i}[t]" if self.uses_local[i] else ""))
                 L.extend(f"{ind}{line}" for line in tmpl[0])
+                if self.batched[i] and self.post[i] is not None:
+                    # the weights' gradient from g after the lines above (linear: after act)
+                    L.append(f"{ind}q{i} = g")
+                    writes.append((i, f"q{i}", -1 - i))
             else:
                 local = f"L{i}[t], " if self.uses_local[i] else ""
                 L.append(f"{ind}r = b{i}({garg}, {local}K{i}[t], N{i})")
@@ -765,7 +773,8 @@ class _Backward:
                 elif s not in defined:
                     L.append(f"{ind}g{s} = {expr}")
                     if expr == "(g)" and not ins.multi and not guard:
-                        same[s] = root(ins.outs[0])
+                        post_g = self.batched[i] and self.post[i] is not None
+                        same[s] = -1 - i if post_g or self.code[i][0] else root(ins.outs[0])
                 elif s in maybe_none:
                     L.append(f"{ind}g{s} = acc(g{s}, {expr})")
                     same.pop(s, None)
@@ -785,10 +794,23 @@ class _Backward:
         self._defined_sure = defined - maybe_none
         for i, s in enumerate(p.s_slots):
             L.append(f"        n{i} = g{s}" if s in defined else f"        n{i} = None")
-        for s in p.x_slots:
+        x_root: dict[int, int] = {}  # a gradient array -> the input buffer it is written to
+        for k, s in enumerate(p.x_slots):
             if grad[s] and s in defined:
                 L.append(f"        if g{s} is not None: GX{s}[t] = g{s}" if s in maybe_none
                          else f"        GX{s}[t] = g{s}")
+                if s not in maybe_none:
+                    x_root.setdefault(root(s), k)
+        # the weights' step gradients, each array stored once: where an input's gradient is the
+        # same array (linear(h, W, xp_t): both are G), its buffer serves both
+        for i, var, r in writes:
+            if r in x_root:
+                share[i] = ("x", x_root[r])
+            elif r in owner:
+                share[i] = owner[r]
+            else:
+                owner[r] = i
+                L.append(f"        GB{i}[t] = {var}")
         for s in p.const_slots:
             if grad[s] and s in defined:
                 L.append(f"        if g{s} is not None: GC{s}.append(g{s})" if s in maybe_none
@@ -944,7 +966,7 @@ class Scan(Primitive):
             if b and i not in fn.share:
                 GB[i] = np.zeros((T,) + p.shapes[ins.outs[0]], p.dtypes[ins.outs[0]])
         for i, j in fn.share.items():
-            GB[i] = GB[j]
+            GB[i] = GX[j[1]] if isinstance(j, tuple) else GB[j]
         GC = [[] if code.grad[s] else None for s in p.const_slots]
         B = [ins.op.backward_local if code.uses_local[i] else ins.op.backward
              for i, ins in enumerate(p.instrs)]
@@ -962,7 +984,9 @@ class Scan(Primitive):
                 continue
             ins = p.instrs[i]
             want = tuple(j in js for j in range(len(ins.ins)))
-            if code.uses_local[i]:  # the local derivative of all steps is there already
+            if code.post[i] is not None:  # GB holds the gradient after grad_code's lines
+                r = code.post[i](GB[i], stacked[i], want)
+            elif code.uses_local[i]:  # the local derivative of all steps is there already
                 r = ins.op.backward_local(GB[i], LOC[i], stacked[i], want)
             else:
                 r = ins.op.backward(GB[i], stacked[i], want)
