@@ -805,10 +805,11 @@ def test_retain_grad_on_the_outputs_and_final_state_of_a_scan() -> None:
 
 # ============================================================================= B4. gradient_flow
 @pytest.mark.parametrize("kind", ["recurrent", "lstm"])
-def test_gradient_flow_of_a_compiled_model_equals_the_per_op_tape(kind: str) -> None:
-    """gradient_flow on a compiled model equals compile=False to 1e-12. (gradient_flow feeds
-    one step at a time, and a one-step unroll is never compiled; the model itself does compile
-    a whole sequence, checked first.)"""
+def test_gradient_flow_of_a_compiled_model_equals_the_per_op_tape(
+        kind: str, scans: dict[str, int]) -> None:
+    """gradient_flow on a compiled model comes from the scan's backward (the model runs once
+    over the whole sequence: one scan forward and backward) and equals compile=False, which
+    runs the model step by step, to 1e-12."""
     xs = rng(35).standard_normal((T, B, I))
     R = tg.Tensor(rng(36).standard_normal((T, B, H)))
     h0 = tg.Tensor(rng(37).normal(0, 0.5, (B, H)))
@@ -820,8 +821,10 @@ def test_gradient_flow_of_a_compiled_model_equals_the_per_op_tape(kind: str) -> 
         else:
             model, state = nn.LSTM(I, H, dtype=F64, compile=compile), None
         assert n_scans(model(xs, state)) == int(compile)
+        scans["forward"] = scans["backward"] = 0
         norms[compile] = tg.diagnostics.gradient_flow(model, xs, lambda out: (out * R).sum(),
                                                       state=state)
+        assert scans["forward"] == scans["backward"] == int(compile)
     assert norms[True].shape == (T,) and np.all(norms[True] > 0)
     np.testing.assert_allclose(norms[True], norms[False], **TOL)
 

@@ -30,8 +30,9 @@ import re
 import sys
 import warnings
 import weakref
+from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -671,10 +672,12 @@ class _Backward:
             self.filled = filled
         self.fn = self._generate(p, has_y_grad, False)
         self.fn_anomaly = self._generate(p, has_y_grad, True)
+        self.fn_probe = self._generate(p, has_y_grad, False, probe=True)
 
-    def _generate(self, p: Plan, has_y_grad: bool, anomaly: bool) -> Callable[..., Any]:
+    def _generate(self, p: Plan, has_y_grad: bool, anomaly: bool,
+                  probe: bool = False) -> Callable[..., Any]:
         grad = self.grad
-        L = ["def backward(T, GY, GS, K, LOC, B, N, GX, GB, GC, fit, acc, check):"]
+        L = ["def backward(T, GY, GS, K, LOC, B, N, GX, GB, GC, fit, acc, check, PR=None):"]
         for i in range(len(p.s_slots)):
             L.append(f"    n{i} = GS[{i}]")
         for i, ins in enumerate(p.instrs):
@@ -815,6 +818,10 @@ class _Backward:
             if grad[s] and s in defined:
                 L.append(f"        if g{s} is not None: GC{s}.append(g{s})" if s in maybe_none
                          else f"        GC{s}.append(g{s})")
+        s0 = p.new_slots[0] if p.new_slots else None
+        if probe and s0 is not None and s0 in defined:  # dL/d(state part 0 after step t)
+            L.append(f"        if g{s0} is not None: PR[t] = g{s0}" if s0 in maybe_none else
+                     f"        PR[t] = g{s0}")
         L.append(f"    return [{', '.join(f'n{i}' for i in range(len(p.s_slots)))}]")
         env: dict[str, Any] = {"ndarray": np.ndarray, "np": np}
         for s in range(len(p.kinds)):
@@ -926,7 +933,7 @@ class Scan(Primitive):
     scan = False  # the scan of an unroll inside a traced step: that unroll runs per op
 
     @staticmethod
-    def forward(*arrays, plan, channels, keep):
+    def forward(*arrays, plan, channels, keep, probe=None):
         p: Plan = plan
         nx, ns, nc = p.nx, p.ns, len(p.consts)
         X, S, C = arrays[:nx], arrays[nx:nx + ns], arrays[nx + ns:nx + ns + nc]
@@ -942,11 +949,11 @@ class Scan(Primitive):
             ys = np.empty((T,) + p.shapes[p.y], dtype=p.dtypes[p.y])
         fwd = p.forward_code(keep, anomaly)
         final = fwd(T, X, S, C, p.F, p.P, ys, K, bufs, _checker(p, "output"))
-        return [ys, *final], (p, channels, K, C, T, X, bufs)
+        return [ys, *final], (p, channels, K, C, T, X, bufs, probe)
 
     @staticmethod
     def backward(gs, saved, needs):
-        p, channels, K, C, T, X, bufs = saved
+        p, channels, K, C, T, X, bufs, probe = saved
         nx, ns, nc = p.nx, p.ns, len(p.consts)
         main = needs[:nx + ns + nc]
         code = p.backward_code(main, gs[0] is not None)
@@ -973,7 +980,12 @@ class Scan(Primitive):
         GS = [np.zeros(p.shapes[s], p.dtypes[s]) if g is None and filled else g
               for g, filled, s in zip(gs[1:], code.filled, p.new_slots)]
         check = _checker(p, "gradient") if _MODE.get() & ANOMALY else _no_check
-        g_init = fn(T, gs[0], GS, K, LOC, B, code.step_needs, GX, GB, GC, _fit, _acc, check)
+        PR = None
+        if probe is not None and p.ns:  # gradient_flow asked for dL/dh_t of every step
+            fn = code.fn if _MODE.get() & ANOMALY else code.fn_probe
+            s0 = p.new_slots[0]
+            PR = probe["grads"] = np.zeros((T,) + p.shapes[s0], p.dtypes[s0])
+        g_init = fn(T, gs[0], GS, K, LOC, B, code.step_needs, GX, GB, GC, _fit, _acc, check, PR)
         grads: list[Any] = [*GX, *g_init]
         for k, s in enumerate(p.const_slots):
             grads.append(Pieces(GC[k]) if GC[k] else None)
@@ -1029,8 +1041,30 @@ def run(plan: Plan, x_parts: list[Tensor], state: Any) -> tuple[Tensor, Any]:
     extra = [consts[plan.const_index[plan.instrs[i].ins[j]]] for i, j in channels]
     inputs = [*x_parts, *leaves, *consts, *extra]
     keep = bool(_MODE.get() & GRAD) and any(t._requires_grad for t in inputs)
-    outs = Scan.apply(*inputs, plan=plan, channels=channels, keep=keep)
+    probes = _PROBES.get()
+    if probes is None:
+        outs = Scan.apply(*inputs, plan=plan, channels=channels, keep=keep)
+    else:
+        holder: dict[str, Any] = {"grads": None, "steps": x_parts[0].shape[0]}
+        outs = Scan.apply(*inputs, plan=plan, channels=channels, keep=keep, probe=holder)
+        holder["port"] = outs[1]._ref if plan.ns else None
+        probes.append(holder)
     return outs[0], _unflatten(plan.spec, list(outs[1:]))
+
+
+_PROBES: ContextVar[list[dict[str, Any]] | None] = ContextVar("tinygrad_rnn_probes", default=None)
+
+
+@contextmanager
+def probing() -> Iterator[list[dict[str, Any]]]:
+    """Scans recorded inside keep, at backward, the gradient of their first state part after
+    every step ("grads", (T, ...)), for `diagnostics.gradient_flow`. Yields the list of them
+    ({"grads", "steps", "port": the record's final-state output})."""
+    token = _PROBES.set([])
+    try:
+        yield _PROBES.get()  # type: ignore[misc]
+    finally:
+        _PROBES.reset(token)
 
 
 # ----------------------------------------------------------------------------- unroll's entry
