@@ -56,15 +56,20 @@ def gradient_flow(model: Callable[..., Any], xs: Any, loss_fn: Callable[..., Ten
         outs.append(out)
         probes.append(inner)
     outputs = ops.concat(outs, axis=axis)
-    loss = loss_fn(outputs) if ys is None else loss_fn(outputs, ys)
+    _backward_untouched(loss_fn(outputs) if ys is None else loss_fn(outputs, ys))
+    return np.array([np.sqrt(sum(float(np.sum(np.square(p.grad))) for p in inner
+                                 if p.grad is not None)) for inner in probes])
+
+
+def _backward_untouched(loss: Tensor) -> None:
+    """loss.backward() leaving the .grad of every parameter as it was (a diagnostic must not
+    disturb training)."""
     params = _leaves_below(loss)
-    saved = [(p, p.grad) for p in params]  # a diagnostic must not disturb training
+    saved = [(p, p.grad) for p in params]
     for p in params:
         p.grad = None
     try:
         loss.backward()
-        return np.array([np.sqrt(sum(float(np.sum(np.square(p.grad))) for p in inner
-                                     if p.grad is not None)) for inner in probes])
     finally:
         for p, g in saved:
             p.grad = g
@@ -85,16 +90,7 @@ def _flow_from_scans(model: Callable[..., Any], xs: Any, loss_fn: Callable[..., 
     if any(p["steps"] != T for p in probes) or len(sources) != len(ports) or \
             any(not any(s is q for q in ports) for s in sources):
         return None
-    loss = loss_fn(out) if ys is None else loss_fn(out, ys)
-    params = _leaves_below(loss)
-    saved = [(p, p.grad) for p in params]  # a diagnostic must not disturb training
-    for p in params:
-        p.grad = None
-    try:
-        loss.backward()
-    finally:
-        for p, g in saved:
-            p.grad = g
+    _backward_untouched(loss_fn(out) if ys is None else loss_fn(out, ys))
     total = np.zeros(T)
     for p in probes:
         g = p["grads"]
