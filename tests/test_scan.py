@@ -1106,3 +1106,63 @@ def test_the_torch_parity_lstm_fixture_runs_through_a_scan() -> None:
         np.testing.assert_allclose(t.grad, arrays[f"grad.in.{n}"], err_msg=n, **tol)
     for n, p in layer.named_parameters():
         np.testing.assert_allclose(p.grad, arrays[f"grad.param.{n}"], err_msg=n, **tol)
+
+
+# ============================================================================= hoisting
+class TransposedWeights(ElmanCell):
+    """The weights used as `W.T` inside the step, as a first draft writes x W^T: the transpose
+    of a tensor from outside the step does not change from step to step."""
+
+    def forward(self, x_t: tg.Tensor, h: Any) -> tuple[tg.Tensor, tg.Tensor]:
+        a, b = (x_t @ self.W.T.T + h @ self.U.T + self.b).chunk(2, axis=-1)
+        h = tg.concat([a.tanh(), b.sigmoid()], axis=-1)
+        return h, h
+
+
+@pytest.mark.parametrize("every", [None, 1, 3])
+def test_time_invariant_operations_run_once_and_keep_exact_gradients(
+        every: Any, monkeypatch: pytest.MonkeyPatch, scans: dict[str, int]) -> None:
+    """An operation on tensors from outside the step only (W.T) runs once per scan, not once
+    per step, in the forward and in the backward; outputs and gradients equal the per-op
+    tape's, and checkpoint_every gives the unsegmented scan's gradients to the last bit."""
+    from tinygrad_rnn import ops
+    calls = {"forward": 0, "backward": 0}
+    for name, key in (("forward", "forward"), ("backward", "backward"),
+                      ("backward_deferred", "backward")):
+        original = getattr(ops.Transpose, name)
+
+        def counted(*args: Any, _f: Callable[..., Any] = original, _n: str = key,
+                    **kw: Any) -> Any:
+            calls[_n] += 1
+            return _f(*args, **kw)
+
+        monkeypatch.setattr(ops.Transpose, name, staticmethod(counted))
+    res, counts = {}, {}
+    for n in (12, 24):  # how often transpose runs must not grow with the number of steps
+        xs, h0 = problem(71, n=n)
+        for compile, k in ((False, None), (True, None), (True, every)):
+            cell = TransposedWeights(seed=72)
+            for name in calls:
+                calls[name] = 0
+            scans["forward"] = 0
+            res[n, compile, k], _ = outcome(
+                lambda x, s: nn.unroll(cell, x, s, checkpoint_every=k, compile=compile),
+                cell, xs, h0)
+            counts[n, compile, k] = dict(calls)
+            if compile:
+                # checkpointed: each segment's scan runs again in the backward
+                assert scans["forward"] == (1 if k is None else 2 * math.ceil(n / k))
+    for compile, k in ((False, None), (True, None), (True, every)):
+        a, b = counts[12, compile, k], counts[24, compile, k]
+        if not compile:  # three transposes (W.T.T, U.T) at every step, both ways
+            assert a == {"forward": 36, "backward": 36} and b == {"forward": 72, "backward": 72}
+        elif k is None:  # once per scan (and in the traced steps), whatever T
+            assert a == b and a["backward"] == 3, (a, b)
+        else:  # once per segment, and once more in its recomputation
+            more = math.ceil(24 / k) - math.ceil(12 / k)
+            assert b["forward"] - a["forward"] == 6 * more, (a, b)
+            assert b["backward"] - a["backward"] == 3 * more, (a, b)
+    for n in (12, 24):
+        assert_same(res[n, True, None], res[n, False, None])
+        assert_same(res[n, True, every], res[n, True, None], exact=True)
+

@@ -769,6 +769,12 @@ class Transpose(Primitive):
     def backward(g, axes, needs):  # the inverse permutation undoes it
         return (g.transpose(None if axes is None else np.argsort(axes)),)
 
+    @staticmethod
+    def backward_deferred(g, axes, needs):  # (A^T B)^T = B^T A: a weight's W.T, kept deferred
+        if axes is None or tuple(axes) == (1, 0):
+            return (Deferred(g.b, g.a, g.steps),)
+        return None
+
 
 def _is_advanced(index: Any) -> bool:
     items = index if isinstance(index, tuple) else (index,)
@@ -866,6 +872,10 @@ class Split(Primitive):
             start += n
         return lines + ["s = (a0.dtype, sizes, axis, a0.shape)"], \
             {"sizes": sizes, "axis": axis}, None, None, tuple((k, "a0") for k in range(len(sizes)))
+
+    @classmethod
+    def grad_code(cls, params, shapes, out_shape):  # every piece's gradient, side by side
+        return (f"g = np.concatenate(g, axis={int(params['axis'])})",), {0: "g"}
 
     @staticmethod
     def backward(gs, saved, needs):  # pieces that got no gradient contribute zeros

@@ -37,7 +37,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from . import random as _random
-from .engine import ANOMALY, GRAD, TRACE, Deferred, Pieces, _MODE, check_finite, unbroadcast
+from .engine import (
+    ANOMALY, GRAD, TRACE, Deferred, Pieces, _MODE, _Pending, check_finite, unbroadcast,
+)
 from .errors import AnomalyError
 from .primitive import TRACER, Primitive
 from .tensor import Tensor
@@ -349,7 +351,15 @@ class Plan:
     def __init__(self, tr: _Trace, tuple_x: bool) -> None:
         self.trace = tr
         t = tr.t
-        self.instrs, self.kinds, self.shapes, self.dtypes = t.instrs, t.kinds, t.shapes, t.dtypes
+        self.instrs, self.shapes, self.dtypes = t.instrs, t.shapes, t.dtypes
+        # an operation on time-invariant values only (W.T) runs once, before the loop: its
+        # output is an 'h' slot, as invariant as the tensors the step closes over ('c')
+        self.kinds = list(t.kinds)
+        self.hoisted = [False] * len(self.instrs)
+        for i, ins in enumerate(self.instrs):
+            if not ins.multi and ins.op.scan and all(self.kinds[s] in "ch" for s in ins.ins):
+                self.hoisted[i] = True
+                self.kinds[ins.outs[0]] = "h"
         self.consts, self.const_slots = t.consts, t.const_slots
         self.nx, self.ns, self.y, self.tuple_x = tr.nx, tr.ns, tr.y, tuple_x
         self.spec, self.new_slots = tr.new_spec, tr.new_slots
@@ -365,8 +375,8 @@ class Plan:
                     self.nx, self.ns, self.y, self.new_slots, tuple(self.const_slots),
                     tuple(self.kinds), tuple(self.shapes), tuple(self.dtypes))
         self._batch = [not ins.multi and ins.op.batches(
-            tuple(self.kinds[s] != "c" for s in ins.ins), tuple(len(self.shapes[s]) for s in ins.ins))
-            for ins in self.instrs]
+            tuple(self.kinds[s] not in "ch" for s in ins.ins),
+            tuple(len(self.shapes[s]) for s in ins.ins)) for ins in self.instrs]
 
     @property
     def layout(self) -> _Layout:
@@ -468,9 +478,9 @@ class _Layout:
 
     def __init__(self, p: Plan) -> None:
         self.tmpl: list[Any] = []
-        for ins in p.instrs:
+        for i, ins in enumerate(p.instrs):
             tmpl = None
-            if len({p.dtypes[s] for s in ins.ins + ins.outs}) == 1 and \
+            if not p.hoisted[i] and len({p.dtypes[s] for s in ins.ins + ins.outs}) == 1 and \
                     p.dtypes[ins.outs[0]].kind == "f":
                 tmpl = ins.op.forward_code(ins.params, tuple(p.shapes[s] for s in ins.ins),
                                            p.shapes[ins.outs[0]])
@@ -545,7 +555,7 @@ def _refs(saved: Any) -> list[str]:
 
 def _gen_forward(p: Plan, keep: bool, anomaly: bool) -> Callable[..., Any]:
     lay = p.layout
-    L = ["def forward(T, X, S, C, F, P, Y, K, OUT, check):"]
+    L = ["def forward(T, X, S, C, F, P, Y, K, OUT, H, check):"]
     for i, s in enumerate(p.x_slots):
         L.append(f"    X{s} = X[{i}]")
     for i, s in enumerate(p.s_slots):
@@ -562,11 +572,25 @@ def _gen_forward(p: Plan, keep: bool, anomaly: bool) -> Callable[..., Any]:
                 L.append(f"    p{i} = P[{i}]")
         if keep:
             L.append(f"    K{i} = K[{i}]")
+    for i, ins in enumerate(p.instrs):
+        if p.hoisted[i]:  # once, before the loop; what it saved is kept once too
+            args = ", ".join(f"v{s}" for s in ins.ins) + (f", **p{i}" if ins.params else "")
+            o = ins.outs[0]
+            L.append(f"    v{o}, k{i} = f{i}({args})")
+            if not p.shapes[o]:
+                L.append(f"    v{o} = asarray(v{o})")
+            if keep:
+                L.append(f"    K[{i}] = k{i}")
+            if anomaly:
+                L.append(f"    check({i}, -1, [v{o}])")
+    L.append(f"    H[:] = [{', '.join(f'v{ins.outs[0]}' for i, ins in enumerate(p.instrs) if p.hoisted[i])}]")
     L.append("    for t in range(T):")
     for s in p.x_slots:
         L.append(f"        v{s} = X{s}[t]")
     env: dict[str, Any] = {"asarray": np.asarray, "np": np}
     for i, ins in enumerate(p.instrs):
+        if p.hoisted[i]:
+            continue
         if inline[i]:  # the forward inline, into row t of its buffer (Primitive.forward_code)
             lines, names = lay.tmpl[i][:2]
             for j, s in enumerate(ins.ins):
@@ -635,9 +659,13 @@ class _Backward:
         for i, ins in enumerate(p.instrs):
             can = p.batchable(i)
             step_n, batch_n = [], []
+            if p.hoisted[i]:  # its backward runs once, after the loop (Scan.backward)
+                self.step_needs.append((False,) * len(ins.ins))
+                self.batched.append(())
+                continue
             for j, s in enumerate(ins.ins):
                 need = grad[s]
-                if need and kinds[s] == "c" and can:
+                if need and kinds[s] in "ch" and can:
                     batch_n.append(j)
                     need = False
                 step_n.append(need)
@@ -677,7 +705,7 @@ class _Backward:
     def _generate(self, p: Plan, has_y_grad: bool, anomaly: bool,
                   probe: bool = False) -> Callable[..., Any]:
         grad = self.grad
-        L = ["def backward(T, GY, GS, K, LOC, B, N, GX, GB, GC, fit, acc, check, PR=None):"]
+        L = ["def backward(T, GY, GS, K, LOC, B, N, GX, GB, GC, GH, fit, acc, check, PR=None):"]
         for i in range(len(p.s_slots)):
             L.append(f"    n{i} = GS[{i}]")
         for i, ins in enumerate(p.instrs):
@@ -692,6 +720,9 @@ class _Backward:
         for k, s in enumerate(p.const_slots):
             if grad[s]:
                 L.append(f"    GC{s} = GC[{k}]")
+        for i, ins in enumerate(p.instrs):
+            if p.hoisted[i] and grad[ins.outs[0]]:
+                L.append(f"    GC{ins.outs[0]} = GH[{i}]")
         L.append("    for t in range(T - 1, -1, -1):")
         defined: set[int] = set()
         maybe_none: set[int] = set()  # gradients that may be None (from outside the step)
@@ -814,7 +845,9 @@ class _Backward:
             else:
                 owner[r] = i
                 L.append(f"        GB{i}[t] = {var}")
-        for s in p.const_slots:
+        invariant = list(p.const_slots) + [ins.outs[0] for i, ins in enumerate(p.instrs)
+                                           if p.hoisted[i]]
+        for s in invariant:
             if grad[s] and s in defined:
                 L.append(f"        if g{s} is not None: GC{s}.append(g{s})" if s in maybe_none
                          else f"        GC{s}.append(g{s})")
@@ -888,7 +921,7 @@ def _stacked(p: Plan, bufs: list[Any] | None, X: Any, i: int, per_step: list[Any
             rows = lay.rows(bufs, i)
         elif isinstance(ref, str) and ref.startswith("a"):
             s = ins.ins[int(ref[1:])]
-            if p.kinds[s] == "c":
+            if p.kinds[s] in "ch":
                 return values[0]
             rows = lay.slot_rows(p, bufs, X, s)
         if rows is None:
@@ -948,16 +981,17 @@ class Scan(Primitive):
         else:
             ys = np.empty((T,) + p.shapes[p.y], dtype=p.dtypes[p.y])
         fwd = p.forward_code(keep, anomaly)
-        final = fwd(T, X, S, C, p.F, p.P, ys, K, bufs, _checker(p, "output"))
-        return [ys, *final], (p, channels, K, C, T, X, bufs, probe)
+        H: list[Any] = []
+        final = fwd(T, X, S, C, p.F, p.P, ys, K, bufs, H, _checker(p, "output"))
+        return [ys, *final], (p, channels, K, C, T, X, bufs, probe, H)
 
     @staticmethod
     def backward(gs, saved, needs):
-        p, channels, K, C, T, X, bufs, probe = saved
+        p, channels, K, C, T, X, bufs, probe, H = saved
         nx, ns, nc = p.nx, p.ns, len(p.consts)
         main = needs[:nx + ns + nc]
         code = p.backward_code(main, gs[0] is not None)
-        fixed = {id(c) for c in C}
+        fixed = {id(c) for c in C} | {id(h) for h in H}
         LOC: list[Any] = [None] * len(p.instrs)
         stacked: dict[int, Any] = {}
         for i, ins in enumerate(p.instrs):
@@ -975,6 +1009,8 @@ class Scan(Primitive):
         for i, j in fn.share.items():
             GB[i] = GX[j[1]] if isinstance(j, tuple) else GB[j]
         GC = [[] if code.grad[s] else None for s in p.const_slots]
+        GH = [[] if p.hoisted[i] and code.grad[ins.outs[0]] else None
+              for i, ins in enumerate(p.instrs)]
         B = [ins.op.backward_local if code.uses_local[i] else ins.op.backward
              for i, ins in enumerate(p.instrs)]
         GS = [np.zeros(p.shapes[s], p.dtypes[s]) if g is None and filled else g
@@ -985,7 +1021,8 @@ class Scan(Primitive):
             fn = code.fn if _MODE.get() & ANOMALY else code.fn_probe
             s0 = p.new_slots[0]
             PR = probe["grads"] = np.zeros((T,) + p.shapes[s0], p.dtypes[s0])
-        g_init = fn(T, gs[0], GS, K, LOC, B, code.step_needs, GX, GB, GC, _fit, _acc, check, PR)
+        g_init = fn(T, gs[0], GS, K, LOC, B, code.step_needs, GX, GB, GC, GH, _fit, _acc, check,
+                    PR)
         grads: list[Any] = [*GX, *g_init]
         for k, s in enumerate(p.const_slots):
             grads.append(Pieces(GC[k]) if GC[k] else None)
@@ -1008,8 +1045,70 @@ class Scan(Primitive):
             for j in js:
                 s = ins.ins[j]
                 batched[i, j] = _per_step(r[j], T, p.shapes[s], p.dtypes[s], ins.op.name)
+        _hoisted_backward(p, code, K, GH, batched)
         grads.extend(batched.get(ch) for ch in channels)
         return grads
+
+
+def _hoisted_backward(p: Plan, code: _Backward, K: list[Any], GH: list[Any],
+                      batched: dict[Any, Any]) -> None:
+    """The backward of the operations run once before the loop, latest first: each gets the
+    gradients its output received at every step (pieces in step order, or a weight gradient
+    over all steps) and passes them on, piece by piece, to its inputs: for a weight, into
+    `batched` under ("h", i, j), one of the record's input channels (see `run`)."""
+    got: dict[int, list[Any]] = {}  # hoisted slot -> its gradients
+    for (i, j), g in batched.items():
+        s = p.instrs[i].ins[j]
+        if p.kinds[s] == "h" and g is not None:
+            got.setdefault(s, []).append(g)
+    for i in range(len(p.instrs) - 1, -1, -1):
+        ins = p.instrs[i]
+        if not p.hoisted[i]:
+            continue
+        o = ins.outs[0]
+        items = ([Pieces(GH[i])] if GH[i] else []) + got.get(o, [])
+        needs = tuple(code.grad[s] for s in ins.ins)
+        if not items or not any(needs):
+            continue
+        for item in items:
+            for j, g in enumerate(_through(ins, item, K[i], needs, p)):
+                if g is None or not needs[j]:
+                    continue
+                s = ins.ins[j]
+                if p.kinds[s] == "h":
+                    got.setdefault(s, []).append(g)
+                else:
+                    prev = batched.get(("h", i, j))
+                    if prev is None:
+                        batched["h", i, j] = g
+                    elif p.consts[p.const_index[s]]._node is None:  # a leaf adds them in order
+                        batched["h", i, j] = _Pending((*(prev if type(prev) is _Pending
+                                                         else (prev,)), g))
+                    else:
+                        batched["h", i, j] = _fit(prev, p.shapes[s], p.dtypes[s], "scan") + \
+                            _fit(g, p.shapes[s], p.dtypes[s], "scan")
+
+
+def _through(ins: _Instr, g: Any, saved: Any, needs: tuple[bool, ...], p: Plan) -> list[Any]:
+    """An operation's backward applied to a gradient of its output given as a whole array,
+    as pieces (each piece on its own, so that they stay pieces in step order) or as a
+    deferred product (kept deferred where the operation can say how: a transpose)."""
+    def fit(x: Any, j: int) -> Any:
+        s = ins.ins[j]
+        return None if x is None else _fit(x, p.shapes[s], p.dtypes[s], ins.op.name)
+
+    if type(g) is Deferred:
+        via = getattr(ins.op, "backward_deferred", None)
+        r = via(g, saved, needs) if via is not None else None
+        if r is not None:
+            return list(r)
+        g = _fit(g, p.shapes[ins.outs[0]], p.dtypes[ins.outs[0]], ins.op.name)
+    if type(g) is Pieces:
+        per = [ins.op.backward(x, saved, needs) for x in g]
+        return [Pieces([fit(r[j], j) for r in per]) if needs[j] else None
+                for j in range(len(ins.ins))]
+    r = ins.op.backward(g, saved, needs)
+    return [fit(x, j) if needs[j] else None for j, x in enumerate(r)]
 
 
 def _checker(plan: Plan, what: str) -> Callable[[int, int, Any], None]:
@@ -1035,10 +1134,14 @@ def run(plan: Plan, x_parts: list[Tensor], state: Any) -> tuple[Tensor, Any]:
     leaves = [t if isinstance(t, Tensor) else Tensor(t) for t in flat]
     x_parts = [t if isinstance(t, Tensor) else Tensor(t) for t in x_parts]
     consts = plan.consts
-    channels = [(i, j) for i, ins in enumerate(plan.instrs) if plan.batchable(i)
-                for j, s in enumerate(ins.ins)
-                if plan.kinds[s] == "c" and consts[plan.const_index[s]]._requires_grad]
-    extra = [consts[plan.const_index[plan.instrs[i].ins[j]]] for i, j in channels]
+    channels: list[Any] = [
+        (i, j) for i, ins in enumerate(plan.instrs) if plan.batchable(i)
+        for j, s in enumerate(ins.ins)
+        if plan.kinds[s] == "c" and consts[plan.const_index[s]]._requires_grad]
+    channels += [("h", i, j) for i, ins in enumerate(plan.instrs) if plan.hoisted[i]
+                 for j, s in enumerate(ins.ins)
+                 if plan.kinds[s] == "c" and consts[plan.const_index[s]]._requires_grad]
+    extra = [consts[plan.const_index[plan.instrs[ch[-2]].ins[ch[-1]]]] for ch in channels]
     inputs = [*x_parts, *leaves, *consts, *extra]
     keep = bool(_MODE.get() & GRAD) and any(t._requires_grad for t in inputs)
     probes = _PROBES.get()
