@@ -956,12 +956,15 @@ class Gates(Primitive):
     def local(saved):  # every chunk's derivative, for all steps at once (scan)
         y, acts = saved
         n = y.shape[-1] // len(acts)
-        d = np.empty_like(y)
+        if "sigmoid" in acts:  # y (1 - y) over the whole array (a column slice costs more),
+            d = np.subtract(ONE[y.dtype], y)  # then the other chunks overwritten
+            np.multiply(d, y, d)
+        else:
+            d = np.empty_like(y)
         for k, act in enumerate(acts):
             yk, dk = y[..., k * n:(k + 1) * n], d[..., k * n:(k + 1) * n]
             if act == "sigmoid":
-                np.subtract(ONE[y.dtype], yk, dk)
-                np.multiply(dk, yk, dk)
+                continue
             elif act == "tanh":
                 np.multiply(yk, yk, dk)
                 np.subtract(ONE[y.dtype], dk, dk)
