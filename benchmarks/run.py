@@ -231,7 +231,7 @@ class CustomGRUCell(_CustomCell):
 
 
 # The same cells as a first draft spells them: @ and .T, +, chunk, .sigmoid(), .tanh(), with
-# no tg.linear / tg.gates / addcmul / lerp (and W.T inside the step, recomputed at every step).
+# no tg.linear / tg.gates / addcmul / lerp, and W.T inside the step (the scan computes it once).
 class PlainRNNCell(_CustomCell):
     """h' = tanh(xp + h W_hh^T), xp = x W_ih^T + b_ih + b_hh."""
 
