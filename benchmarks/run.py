@@ -249,7 +249,8 @@ class PlainLSTMCell(PlainRNNCell):
     gates = 4
     initial_state = CustomLSTMCell.initial_state
 
-    def forward(self, xp_t: tg.Tensor, state: Any) -> tuple[tg.Tensor, Any]:  # type: ignore[override]
+    def forward(self, xp_t: tg.Tensor,  # type: ignore[override]
+                state: Any) -> tuple[tg.Tensor, Any]:
         h, c = state
         i, f, g, o = (xp_t + h @ self.weight_hh.T).chunk(4, axis=-1)
         c = f.sigmoid() * c + i.sigmoid() * g.tanh()

@@ -3,21 +3,23 @@
 `nn.unroll(compile=True)` calls the cell twice under a tracer: every primitive it applies is
 recorded as an instruction (which primitive, which inputs — the step's input slice, a state part,
 a tensor the cell closes over, or an earlier instruction's output — which parameters) instead of
-as a tape record. If the two steps give the same program, it is turned into two plain Python
-functions, one running the steps forward and one replaying one step's tape backwards for
+as a tape record. If the two steps give the same program (a `Plan`), it is turned into two plain
+Python functions, one running the steps forward and one replaying one step's tape backwards for
 t = T-1..0, and the whole unroll becomes one `Scan` record on the tape. BPTT is still tape replay:
 the tape of one step, replayed T times, with no Tensor or Node per operation.
 
-The scan protocol, declared by each primitive next to its forward and backward (`Primitive`):
-- `local(saved)`: the part of the derivative that does not depend on the incoming gradient (tanh's
-  1 - y^2). The scan calls it once on the saved values of all steps stacked along a new leading
-  time axis, and per step calls `backward_local(g, local_t, saved_t, needs)` instead of `backward`.
-- `batches(varying, ndims)`: True if forward and backward also work when the time-varying inputs
-  are stacked along a new leading axis and the others are broadcast. The gradient of a tensor the
-  cell closes over (a weight) is then one `backward` call over all steps (one GEMM for `linear`),
-  handed to the engine one piece per step, in time order (see engine.Deferred).
-A primitive without either runs its ordinary forward and backward once per step. A primitive with
-`scan = False` (a side effect such as `checkpoint`) makes the cell run on the per-op tape.
+How a step runs, cheapest first (the scan protocol, declared by each primitive next to its
+forward and backward; see `Primitive`):
+- `forward_code` / `grad_code`: the forward and the per-step gradient as lines of code, inlined
+  into the generated loops; outputs go with `out=` into preallocated (T, ...) buffers (`_Layout`);
+- `local(saved)`: the part of the derivative that does not depend on the incoming gradient
+  (tanh's 1 - y^2), computed once for all steps on the saved values stacked over time;
+- `batches(varying, ndims)`: a weight's gradient is one backward call over all steps (one GEMM
+  per block for `linear`), handed to the engine one piece per step, in time order (see
+  engine.Deferred): checkpointed and plain scans then give the same bits;
+- otherwise the ordinary forward and backward, called once per step.
+An operation on time-invariant values only (a weight's `W.T`) runs once, before the loop.
+A primitive with `scan = False` (a side effect, as `checkpoint`) makes the cell run per op.
 
 A cell that cannot be traced safely (it reads a tensor's values, draws random numbers, or its
 program differs from step to step) runs on the per-op tape, with one warning per cell class.
@@ -212,7 +214,9 @@ def _cell_line() -> str:
     f = sys._getframe(2)
     while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
         f = f.f_back  # type: ignore[assignment]
-    return "<unknown>" if f is None else f"{f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}"
+    if f is None:
+        return "<unknown>"
+    return f"{f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}"
 
 
 def _flatten(tree: Any, out: list[Any]) -> Any:
@@ -583,7 +587,8 @@ def _gen_forward(p: Plan, keep: bool, anomaly: bool) -> Callable[..., Any]:
                 L.append(f"    K[{i}] = k{i}")
             if anomaly:
                 L.append(f"    check({i}, -1, [v{o}])")
-    L.append(f"    H[:] = [{', '.join(f'v{ins.outs[0]}' for i, ins in enumerate(p.instrs) if p.hoisted[i])}]")
+    hoisted = [f"v{ins.outs[0]}" for i, ins in enumerate(p.instrs) if p.hoisted[i]]
+    L.append(f"    H[:] = [{', '.join(hoisted)}]")
     L.append("    for t in range(T):")
     for s in p.x_slots:
         L.append(f"        v{s} = X{s}[t]")
