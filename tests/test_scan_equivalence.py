@@ -1273,3 +1273,14 @@ def test_recurrent_batch_first_custom_cell() -> None:
     g = np.random.default_rng(4)
     inputs = [g.standard_normal((2, 5, 3)), g.uniform(-1, 1, (2, 4)), g.uniform(-1, 1, (2, 4))]
     compare_layers(layer, inputs, 1, 6, _pair)
+
+
+def test_a_weight_whose_operation_may_get_no_gradient_at_a_step() -> None:
+    """A step that never reads its state: the next step's gradient may then be missing, the
+    per-step gradient code is guarded, and the weight of the input's linear (batched over all
+    steps) must still get its gradient (it once got zeros: found by a random program)."""
+    check_program(Program(
+        T=2, B=1, I=1, H=2, two_states=False,
+        ops=(Op(template="arith", args=(0, 0), opts={"form": "add"}),), inp="linear",
+        mix="last", h_update="tanh", c_update="pass", state_kind=tuple, y_kind="state",
+        y_index=0, seed=0))

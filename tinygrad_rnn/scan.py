@@ -754,6 +754,7 @@ class _Backward:
         owner: dict[int, int] = {}  # such a gradient -> the operation whose buffer keeps it
         share: dict[int, Any] = {}  # operation -> the operation (or ("x", k)) it shares with
         writes: list[tuple[int, str, int]] = []
+        post_used: set[int] = set()  # operations whose GB holds g after their grad_code lines
 
         def root(s: int) -> int:
             while s in same:
@@ -763,7 +764,12 @@ class _Backward:
         for i in range(len(p.instrs) - 1, -1, -1):
             ins, sn = p.instrs[i], self.step_needs[i]
             outs = [o for o in ins.outs if o in defined]
-            post = self.post[i] is not None and self.code[i] is not None
+            # the template (grad_code) runs where every output's gradient is surely there
+            tmpl = self.code[i] if any(sn) and len(outs) == len(ins.outs) and not anomaly and \
+                not any(o in maybe_none for o in outs) else None
+            post = self.batched[i] and self.post[i] is not None and tmpl is not None
+            if post:
+                post_used.add(i)
             if self.batched[i] and not post:  # stored at the end of the step (see below)
                 o = ins.outs[0]
                 if o in maybe_none:
@@ -775,9 +781,6 @@ class _Backward:
             garg = ("[" + ", ".join(f"g{o}" if o in defined else "None" for o in ins.outs) + "]"
                     if ins.multi else f"g{ins.outs[0]}")
             guard = [o for o in outs if o in maybe_none]
-            tmpl = self.code[i]
-            if tmpl is not None and (guard or len(outs) < len(ins.outs) or anomaly):
-                tmpl = None  # the template assumes every output's gradient is there
             ind = "        "
             if guard:
                 L.append(f"{ind}if {' or '.join(f'g{o} is not None' for o in guard)}:")
@@ -786,8 +789,7 @@ class _Backward:
                 L.append(f"{ind}g = {garg}; s = K{i}[t]" +
                          (f"; d = L{i}[t]" if self.uses_local[i] else ""))
                 L.extend(f"{ind}{line}" for line in tmpl[0])
-                if self.batched[i] and self.post[i] is not None:
-                    # the weights' gradient from g after the lines above (linear: after act)
+                if post:  # the weights' gradient from g after the lines above (after act)
                     L.append(f"{ind}q{i} = g")
                     writes.append((i, f"q{i}", -1 - i))
             else:
@@ -866,6 +868,7 @@ class _Backward:
             env[f"SH{s}"], env[f"DT{s}"] = p.shapes[s], p.dtypes[s]
         fn = _compile(L, "backward", env)
         fn.share = share  # type: ignore[attr-defined]
+        fn.post = post_used  # type: ignore[attr-defined]
         return fn
 
 
@@ -1038,7 +1041,7 @@ class Scan(Primitive):
                 continue
             ins = p.instrs[i]
             want = tuple(j in js for j in range(len(ins.ins)))
-            if code.post[i] is not None:  # GB holds the gradient after grad_code's lines
+            if i in fn.post:  # GB holds the gradient after grad_code's lines
                 r = code.post[i](GB[i], stacked[i], want)
             elif code.uses_local[i]:  # the local derivative of all steps is there already
                 r = ins.op.backward_local(GB[i], LOC[i], stacked[i], want)
