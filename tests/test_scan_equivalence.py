@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tinygrad_rnn as tg
@@ -625,6 +625,7 @@ def check_program(prog: Program) -> set[str]:
     return set(got.scans[0].ops)
 
 
+@settings(max_examples=300)  # a program costs ~15 ms: wide coverage on every run, CI's too
 @given(prog=programs())
 def test_random_cell_scan_equals_per_op_tape(prog: Program) -> None:
     """Random steps over the public primitives: compiled == per-op (outputs, all gradients)."""
