@@ -174,7 +174,7 @@ class Lerp(_Elementwise):
         if not out_shape or any(s != out_shape for s in shapes):
             return None
         return ["d = a1 - a0", "np.multiply(a2, d, y)", "np.add(y, a0, y)", "s = (a2, d)"], \
-            {}, ("a2", None), out_shape, ()
+            {}, ("a2", "step"), out_shape, ()  # d = b - a is made at every step
 
     grads_pre = ("gb = g * s[0]",)
     grads = {0: "g - gb", 1: "gb", 2: "g * s[1]"}

@@ -77,8 +77,9 @@ class Primitive:
         lines compute the values `forward` computes, writing the output into `y` (an array of
         buffer_shape: row t of the scan's buffer; several outputs: views y0, y1, ... of it), and
         set `s` to what forward saves. `names`: objects the lines use (np is there). `saved`
-        mirrors `s`, naming each part: an input ("a0"), the buffer ("y") or neither (None), so
-        that the scan stacks them over time as views. `aliases`: the inputs an output may view.
+        mirrors `s`, naming each part: an input ("a0"), the buffer ("y"), a value the same at
+        every step (None) or one made at each step ("step"), so that the scan stacks them over
+        time as views, or keeps nothing per step when no part is "step". `aliases`: the inputs an output may view.
         None: forward is called."""
         return None
 

@@ -521,6 +521,44 @@ class _Layout:
                 self.offset[i] = 1
                 self.state_buf[j] = i
         self.y_buf = self.producer.get(p.y)
+        # Where every part of what an operation saves is a buffer row, a time-invariant value
+        # or a constant, nothing is kept per step: the backward reads the rows (`rows_of`)
+        self.resolved = [t is not None and all(self._ref_kind(p, i, r) is not None
+                                               for r in _ref_list(t[2]))
+                         for i, t in enumerate(self.tmpl)]
+
+    def _ref_kind(self, p: Plan, i: int, ref: Any) -> str | None:
+        """'rows' (a buffer row per step), 'const' (the same every step) or None (neither)."""
+        if ref is None:
+            return "const"
+        if ref == "y":
+            return "rows" if self.kept[i] else None
+        if ref[0] == "a":
+            s = p.instrs[i].ins[int(ref[1:])]
+            kind = p.kinds[s]
+            if kind in "ch":
+                return "const"
+            if kind == "x" or (kind == "s" and p.s_slots.index(s) in self.state_buf) or \
+                    (kind == "v" and s in self.producer):
+                return "rows"
+        return None  # "step": a value computed at each step (lerp's b - a)
+
+    def rows_of(self, p: Plan, bufs: list[Any], X: Any, C: Any, H: Any, i: int,
+                last: Any) -> list[Any]:
+        """For a resolved operation: per part of what it saved, its rows (T, ...) or its value."""
+        ins, out = p.instrs[i], []
+        consts = dict(zip(p.const_slots, C))
+        consts.update(zip([q.outs[0] for k, q in enumerate(p.instrs) if p.hoisted[k]], H))
+        refs = self.tmpl[i][2]
+        for k, ref in enumerate(_ref_list(refs)):
+            if ref is None:
+                out.append(last[k] if isinstance(refs, tuple) else last)
+            elif ref == "y":
+                out.append(self.rows(bufs, i))
+            else:
+                s = ins.ins[int(ref[1:])]
+                out.append(consts[s] if p.kinds[s] in "ch" else self.slot_rows(p, bufs, X, s))
+        return out
 
     def buffers(self, p: Plan, T: int, S: Any) -> list[Any]:
         bufs: list[Any] = []
@@ -552,9 +590,24 @@ class _Layout:
 
 def _refs(saved: Any) -> list[str]:
     """The names in a forward_code's `saved` description."""
-    if isinstance(saved, tuple):
-        return [r for r in saved if isinstance(r, str)]
-    return [saved] if isinstance(saved, str) else []
+    return [r for r in _ref_list(saved) if isinstance(r, str)]
+
+
+def _ref_list(saved: Any) -> list[Any]:
+    """A forward_code's `saved` description as a list, one entry per part saved."""
+    return list(saved) if isinstance(saved, tuple) else [saved]
+
+
+class _SavedRows:
+    """What a resolved operation saved at step t, rebuilt from its rows (for a backward that is
+    called rather than inlined)."""
+
+    def __init__(self, parts: list[Any], kinds: list[str], single: bool) -> None:
+        self.parts, self.kinds, self.single = parts, kinds, single
+
+    def __getitem__(self, t: int) -> Any:
+        vals = [p[t] if k == "rows" else p for p, k in zip(self.parts, self.kinds)]
+        return vals[0] if self.single else tuple(vals)
 
 
 def _gen_forward(p: Plan, keep: bool, anomaly: bool) -> Callable[..., Any]:
@@ -587,6 +640,7 @@ def _gen_forward(p: Plan, keep: bool, anomaly: bool) -> Callable[..., Any]:
                 L.append(f"    K[{i}] = k{i}")
             if anomaly:
                 L.append(f"    check({i}, -1, [v{o}])")
+    last: list[int] = []  # resolved operations: the last step's saved, for its constants
     hoisted = [f"v{ins.outs[0]}" for i, ins in enumerate(p.instrs) if p.hoisted[i]]
     L.append(f"    H[:] = [{', '.join(hoisted)}]")
     L.append("    for t in range(T):")
@@ -612,7 +666,10 @@ def _gen_forward(p: Plan, keep: bool, anomaly: bool) -> Callable[..., Any]:
                          f"{', '.join(f'y{j}' for j in range(len(ins.outs)))},")
             else:
                 L.append(f"        v{ins.outs[0]} = y")
-            if keep:
+            if keep and lay.resolved[i]:
+                L.append(f"        k{i} = s")  # nothing per step: the rows hold it
+                last.append(i)
+            elif keep:
                 L.append(f"        K{i}[t] = s")
             continue
         args = ", ".join(f"v{s}" for s in ins.ins) + (f", **p{i}" if ins.params else "")
@@ -630,6 +687,7 @@ def _gen_forward(p: Plan, keep: bool, anomaly: bool) -> Callable[..., Any]:
     if p.ns:
         L.append(f"        {', '.join(f'v{s}' for s in p.s_slots)}, = "
                  f"{', '.join(f'v{s}' for s in p.new_slots)},")
+    L.extend(f"    K[{i}] = k{i}" for i in last)
     L.append(f"    return [{', '.join(f'v{s}' for s in p.s_slots)}]")
     return _compile(L, "forward", env)
 
@@ -707,10 +765,37 @@ class _Backward:
         self.fn_anomaly = self._generate(p, has_y_grad, True)
         self.fn_probe = self._generate(p, has_y_grad, False, probe=True)
 
+    @staticmethod
+    def _direct(p: Plan, i: int, tmpl: Any) -> Any:
+        """Operation i's gradient code with `s[k]` (what it saved) read from the rows."""
+        lay = p.layout
+        refs = lay.tmpl[i][2]
+        kinds = [lay._ref_kind(p, i, r) for r in _ref_list(refs)]
+
+        def part(k: int) -> str:
+            return f"RS{i}_{k}[t]" if kinds[k] == "rows" else f"RS{i}_{k}"
+
+        def sub(text: str) -> str:
+            if isinstance(refs, tuple):
+                return re.sub(r"\bs\[(\d+)\]", lambda m: part(int(m.group(1))), text)
+            return re.sub(r"\bs\b", part(0), text)
+
+        return (tuple(sub(x) for x in tmpl[0]), {j: sub(e) for j, e in tmpl[1].items()},
+                *tmpl[2:])
+
     def _generate(self, p: Plan, has_y_grad: bool, anomaly: bool,
                   probe: bool = False) -> Callable[..., Any]:
         grad = self.grad
-        L = ["def backward(T, GY, GS, K, LOC, B, N, GX, GB, GC, GH, fit, acc, check, PR=None):"]
+        L = ["def backward(T, GY, GS, K, LOC, B, N, GX, GB, GC, GH, fit, acc, check, PR=None, "
+             "RS=None):"]
+        lay = p.layout
+        # a resolved operation's saved parts are read from their rows (RS<i>_<k>[t])
+        direct = [lay.resolved[i] and self.code[i] is not None and not anomaly
+                  for i in range(len(p.instrs))]
+        for i in range(len(p.instrs)):
+            if direct[i]:
+                for k in range(len(_ref_list(lay.tmpl[i][2]))):
+                    L.append(f"    RS{i}_{k} = RS[{i}][{k}]")
         for i in range(len(p.s_slots)):
             L.append(f"    n{i} = GS[{i}]")
         for i, ins in enumerate(p.instrs):
@@ -786,8 +871,12 @@ class _Backward:
                 L.append(f"{ind}if {' or '.join(f'g{o} is not None' for o in guard)}:")
                 ind += "    "
             if tmpl is not None:  # the gradient formulas inline: no call, no checks
-                L.append(f"{ind}g = {garg}; s = K{i}[t]" +
-                         (f"; d = L{i}[t]" if self.uses_local[i] else ""))
+                if direct[i]:
+                    tmpl = self._direct(p, i, tmpl)
+                    L.append(f"{ind}g = {garg}" + (f"; d = L{i}[t]" if self.uses_local[i] else ""))
+                else:
+                    L.append(f"{ind}g = {garg}; s = K{i}[t]" +
+                             (f"; d = L{i}[t]" if self.uses_local[i] else ""))
                 L.extend(f"{ind}{line}" for line in tmpl[0])
                 if post:  # the weights' gradient from g after the lines above (after act)
                     L.append(f"{ind}q{i} = g")
@@ -944,6 +1033,20 @@ def _stacked(p: Plan, bufs: list[Any] | None, X: Any, i: int, per_step: list[Any
     return one(refs, per_step)
 
 
+def _stacked_rows(p: Plan, i: int, parts: list[Any]) -> Any:
+    """A resolved operation's saved values of all steps: its rows (padded to the output's rank,
+    as _stack_saved does) and its constants, in the structure forward saves."""
+    lay, out_ndim = p.layout, len(p.shapes[p.instrs[i].outs[0]])
+    refs = lay.tmpl[i][2]
+    vals = []
+    for ref, part in zip(_ref_list(refs), parts):
+        if lay._ref_kind(p, i, ref) == "rows" and part.ndim - 1 < out_ndim:
+            part = part.reshape(part.shape[:1] + (1,) * (out_ndim - part.ndim + 1) +
+                                part.shape[1:])
+        vals.append(part)
+    return tuple(vals) if isinstance(refs, tuple) else vals[0]
+
+
 def _per_step(g: Any, steps: int, shape: tuple[int, ...], dtype: np.dtype, name: str) -> Any:
     """A gradient computed over all steps at once for a time-invariant input, as one piece per
     step, the last first: the engine adds them in that order, as it would the per-op records'."""
@@ -1000,11 +1103,21 @@ class Scan(Primitive):
         main = needs[:nx + ns + nc]
         code = p.backward_code(main, gs[0] is not None)
         fixed = {id(c) for c in C} | {id(h) for h in H}
+        lay = p.layout
+        RS: dict[int, list[Any]] = {}
+        if bufs is not None:  # resolved operations kept only their last step's saved
+            K = list(K)
+            for i in range(len(p.instrs)):
+                if lay.resolved[i]:
+                    RS[i] = lay.rows_of(p, bufs, X, C, H, i, K[i])
+                    kinds = [lay._ref_kind(p, i, r) for r in _ref_list(lay.tmpl[i][2])]
+                    K[i] = _SavedRows(RS[i], kinds, not isinstance(lay.tmpl[i][2], tuple))
         LOC: list[Any] = [None] * len(p.instrs)
         stacked: dict[int, Any] = {}
         for i, ins in enumerate(p.instrs):
             if code.uses_local[i] or code.batched[i]:
-                stacked[i] = _stacked(p, bufs, X, i, K[i], fixed)
+                stacked[i] = (_stacked_rows(p, i, RS[i]) if i in RS else
+                              _stacked(p, bufs, X, i, K[i], fixed))
             if code.uses_local[i]:
                 LOC[i] = ins.op.local(stacked[i])
         GX = [np.zeros((T,) + p.shapes[s], p.dtypes[s]) if code.grad[s] else None
@@ -1030,7 +1143,7 @@ class Scan(Primitive):
             s0 = p.new_slots[0]
             PR = probe["grads"] = np.zeros((T,) + p.shapes[s0], p.dtypes[s0])
         g_init = fn(T, gs[0], GS, K, LOC, B, code.step_needs, GX, GB, GC, GH, _fit, _acc, check,
-                    PR)
+                    PR, RS)
         grads: list[Any] = [*GX, *g_init]
         for k, s in enumerate(p.const_slots):
             grads.append(Pieces(GC[k]) if GC[k] else None)
