@@ -419,6 +419,17 @@ class Linear(Primitive):
 
 
 # ----------------------------------------------------------------------------- elementwise
+class _Activation(_Elementwise):
+    """An activation whose derivative depends only on what forward saved (`local`): per step,
+    the scan multiplies the incoming gradient by it."""
+
+    grads = {0: "g * d"}
+
+    @staticmethod
+    def backward_local(g, d, saved, needs):
+        return (g * d,)
+
+
 @register
 class Exp(_Elementwise):
     name = "exp"
@@ -447,7 +458,7 @@ class Log(_Elementwise):
 
 
 @register
-class Tanh(_Elementwise):
+class Tanh(_Activation):
     name = "tanh"
 
     @staticmethod
@@ -470,12 +481,6 @@ class Tanh(_Elementwise):
     def local(y):  # 1 - y^2 for all steps at once (scan)
         d = y * y
         return np.subtract(ONE[d.dtype], d, d) if d.ndim else 1 - d
-
-    @staticmethod
-    def backward_local(g, d, y, needs):
-        return (g * d,)
-
-    grads = {0: "g * d"}
 
 
 class _Constants(dict):
@@ -520,7 +525,7 @@ def _sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 
 @register
-class Sigmoid(_Elementwise):
+class Sigmoid(_Activation):
     name = "sigmoid"
 
     @staticmethod
@@ -550,15 +555,9 @@ class Sigmoid(_Elementwise):
     def local(y):  # y (1 - y) for all steps at once (scan)
         return y * (1 - y)
 
-    @staticmethod
-    def backward_local(g, d, y, needs):
-        return (g * d,)
-
-    grads = {0: "g * d"}
-
 
 @register
-class Relu(_Elementwise):
+class Relu(_Activation):
     name = "relu"
 
     @staticmethod
@@ -573,12 +572,6 @@ class Relu(_Elementwise):
     @staticmethod
     def local(y):  # [x > 0] for all steps at once (scan)
         return y > 0
-
-    @staticmethod
-    def backward_local(g, mask, y, needs):
-        return (g * mask,)
-
-    grads = {0: "g * d"}
 
 
 @register
