@@ -308,15 +308,12 @@ def trace_step(step: Callable[..., Any], x_parts: list[np.ndarray], x_needs: lis
     xs = [tracer.placeholder(a, "x", r) for a, r in zip(x_parts, x_needs)]
     flat: list[Tensor] = []
     spec = _flatten(state, flat)
-    leaves = [tracer.placeholder(t.data if isinstance(t, Tensor) else np.asarray(t), "s",
-                                 bool(getattr(t, "_requires_grad", False))) for t in flat]
+    leaves = [tracer.placeholder(t.data, "s", t._requires_grad) for t in flat]
     token_t, token_m = TRACER.set(tracer), _MODE.set((_MODE.get() & ~GRAD) | TRACE)
     watch = _random.watch(lambda: tracer.fail("it draws random numbers (dropout?), which "
                                               "must differ from step to step"))
     try:
         y, new_state = step(tuple(xs) if tuple_x else xs[0], _unflatten(spec, leaves))
-    except Fallback:
-        raise
     finally:
         _random.unwatch(watch)
         _MODE.reset(token_m)
@@ -472,8 +469,6 @@ def _cached(key: Any, make: Callable[[], Any]) -> Any:
     return fn
 
 
-# The generated code is plain Python over local variables: v<slot> for values, g<slot> for their
-# gradients, K<i> for what instruction i saved at each step. `fn.source` holds the text.
 class _Layout:
     """Where a plan's values live over time. An operation whose forward is inlined as code
     writes its output into row t of a (T, ...) buffer; a state part that such an operation
@@ -523,9 +518,10 @@ class _Layout:
         self.y_buf = self.producer.get(p.y)
         # Where every part of what an operation saves is a buffer row, a time-invariant value
         # or a constant, nothing is kept per step: the backward reads the rows (`rows_of`)
-        self.resolved = [t is not None and all(self._ref_kind(p, i, r) is not None
-                                               for r in _ref_list(t[2]))
-                         for i, t in enumerate(self.tmpl)]
+        self.ref_kinds = [[self._ref_kind(p, i, r) for r in _ref_list(t[2])] if t else []
+                          for i, t in enumerate(self.tmpl)]
+        self.resolved = [t is not None and None not in k
+                         for t, k in zip(self.tmpl, self.ref_kinds)]
 
     def _ref_kind(self, p: Plan, i: int, ref: Any) -> str | None:
         """'rows' (a buffer row per step), 'const' (the same every step) or None (neither)."""
@@ -610,6 +606,8 @@ class _SavedRows:
         return vals[0] if self.single else tuple(vals)
 
 
+# The generated code is plain Python over local variables: v<slot> for values, g<slot> for their
+# gradients, K<i> for what instruction i saved at each step. `fn.source` holds the text.
 def _gen_forward(p: Plan, keep: bool, anomaly: bool) -> Callable[..., Any]:
     lay = p.layout
     L = ["def forward(T, X, S, C, F, P, Y, K, OUT, H, check):"]
@@ -756,21 +754,18 @@ class _Backward:
         # (then the final state's missing gradient is zeros): found by a first generation
         self.filled = [True] * ns
         while True:  # assume it of every part, then drop the parts for which it fails
-            self._generate(p, has_y_grad, False)
+            self.fn = self._generate(p, has_y_grad, False)
             filled = [f and s in self._defined_sure for f, s in zip(self.filled, p.s_slots)]
             if filled == self.filled:
                 break
             self.filled = filled
-        self.fn = self._generate(p, has_y_grad, False)
         self.fn_anomaly = self._generate(p, has_y_grad, True)
         self.fn_probe = self._generate(p, has_y_grad, False, probe=True)
 
     @staticmethod
     def _direct(p: Plan, i: int, tmpl: Any) -> Any:
         """Operation i's gradient code with `s[k]` (what it saved) read from the rows."""
-        lay = p.layout
-        refs = lay.tmpl[i][2]
-        kinds = [lay._ref_kind(p, i, r) for r in _ref_list(refs)]
+        refs, kinds = p.layout.tmpl[i][2], p.layout.ref_kinds[i]
 
         def part(k: int) -> str:
             return f"RS{i}_{k}[t]" if kinds[k] == "rows" else f"RS{i}_{k}"
@@ -902,9 +897,8 @@ class _Backward:
                     same.pop(s, None)
                 elif s not in defined:
                     L.append(f"{ind}g{s} = {expr}")
-                    if expr == "(g)" and not ins.multi and not guard:
-                        post_g = self.batched[i] and self.post[i] is not None
-                        same[s] = -1 - i if post_g or self.code[i][0] else root(ins.outs[0])
+                    if expr == "(g)" and not ins.multi and not guard:  # g itself, passed on
+                        same[s] = -1 - i if post or tmpl[0] else root(ins.outs[0])
                 elif s in maybe_none:
                     L.append(f"{ind}g{s} = acc(g{s}, {expr})")
                     same.pop(s, None)
@@ -1021,12 +1015,7 @@ def _stacked(p: Plan, bufs: list[Any] | None, X: Any, i: int, per_step: list[Any
             if p.kinds[s] in "ch":
                 return values[0]
             rows = lay.slot_rows(p, bufs, X, s)
-        if rows is None:
-            return _stack_saved(values, fixed, out_ndim)
-        if rows.ndim - 1 < out_ndim:  # as _stack_saved pads: broadcasting must line up
-            rows = rows.reshape(rows.shape[:1] + (1,) * (out_ndim - rows.ndim + 1) +
-                                rows.shape[1:])
-        return rows
+        return _stack_saved(values, fixed, out_ndim) if rows is None else _pad(rows, out_ndim)
 
     if isinstance(refs, tuple):
         return tuple(one(r, [s[k] for s in per_step]) for k, r in enumerate(refs))
@@ -1037,14 +1026,17 @@ def _stacked_rows(p: Plan, i: int, parts: list[Any]) -> Any:
     """A resolved operation's saved values of all steps: its rows (padded to the output's rank,
     as _stack_saved does) and its constants, in the structure forward saves."""
     lay, out_ndim = p.layout, len(p.shapes[p.instrs[i].outs[0]])
-    refs = lay.tmpl[i][2]
-    vals = []
-    for ref, part in zip(_ref_list(refs), parts):
-        if lay._ref_kind(p, i, ref) == "rows" and part.ndim - 1 < out_ndim:
-            part = part.reshape(part.shape[:1] + (1,) * (out_ndim - part.ndim + 1) +
-                                part.shape[1:])
-        vals.append(part)
-    return tuple(vals) if isinstance(refs, tuple) else vals[0]
+    vals = [_pad(part, out_ndim) if kind == "rows" else part
+            for part, kind in zip(parts, lay.ref_kinds[i])]
+    return tuple(vals) if isinstance(lay.tmpl[i][2], tuple) else vals[0]
+
+
+def _pad(rows: np.ndarray, out_ndim: int) -> np.ndarray:
+    """Rows (T, ...) of a value of lower rank than the output given size-1 axes after T, as
+    _stack_saved pads, so that broadcasting against the output's rows still lines up."""
+    if rows.ndim - 1 >= out_ndim:
+        return rows
+    return rows.reshape(rows.shape[:1] + (1,) * (out_ndim - rows.ndim + 1) + rows.shape[1:])
 
 
 def _per_step(g: Any, steps: int, shape: tuple[int, ...], dtype: np.dtype, name: str) -> Any:
@@ -1110,8 +1102,8 @@ class Scan(Primitive):
             for i in range(len(p.instrs)):
                 if lay.resolved[i]:
                     RS[i] = lay.rows_of(p, bufs, X, C, H, i, K[i])
-                    kinds = [lay._ref_kind(p, i, r) for r in _ref_list(lay.tmpl[i][2])]
-                    K[i] = _SavedRows(RS[i], kinds, not isinstance(lay.tmpl[i][2], tuple))
+                    K[i] = _SavedRows(RS[i], lay.ref_kinds[i],
+                                      not isinstance(lay.tmpl[i][2], tuple))
         LOC: list[Any] = [None] * len(p.instrs)
         stacked: dict[int, Any] = {}
         for i, ins in enumerate(p.instrs):
