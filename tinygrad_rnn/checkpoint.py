@@ -205,13 +205,17 @@ class _StackedSteps:
 _NOT_NEEDED = Tensor(np.zeros(0))  # a stack input that gets no gradient: its data is not kept
 
 
+def _check_every(every: Any) -> None:
+    if not isinstance(every, (int, np.integer)) or isinstance(every, bool) or every < 1:
+        raise ValueError(f"unroll: checkpoint_every must be a positive int, got {every!r}")
+
+
 def checkpointed_unroll(step: Callable[..., Any], xs: Tensor, state: Any, every: int,
                         project: Callable[[Tensor], Any] | None = None) -> tuple[Tensor, Any]:
     """`unroll`'s loop in segments of `every` steps, each segment (its input projection
     included) under `checkpoint`: only the states at segment boundaries are kept; a segment's
     inner graph is rebuilt during backward."""
-    if not isinstance(every, (int, np.integer)) or isinstance(every, bool) or every < 1:
-        raise ValueError(f"unroll: checkpoint_every must be a positive int, got {every!r}")
+    _check_every(every)
 
     def segment(spec: Any, xs_seg: Tensor, *flat_state: Tensor) -> Any:
         s = _unflatten(spec, list(flat_state)) if spec is not None else None
@@ -241,8 +245,7 @@ def checkpointed_scan(plan: Any, step: Callable[..., Any], xs: Tensor, state: An
     """A compiled unroll in segments of `every` steps, each segment (its projection and its scan)
     under `checkpoint`; the segments' outputs joined by one record."""
     from . import scan
-    if not isinstance(every, (int, np.integer)) or isinstance(every, bool) or every < 1:
-        raise ValueError(f"unroll: checkpoint_every must be a positive int, got {every!r}")
+    _check_every(every)
 
     def segment(spec: Any, xs_seg: Tensor, *flat_state: Tensor) -> Any:
         s = _unflatten(spec, list(flat_state)) if spec is not None else None

@@ -13,13 +13,13 @@ way and call `MyOp.apply(x, y, **params)`.
 
 Inside a compiled unroll (`nn.unroll(compile=True)`, see scan.py) the cell's step is traced once
 and every primitive is then run by a scan, once per time step. A primitive needs nothing more to
-work there: the scan calls its forward and backward. Four optional declarations, next to forward
-and backward, make it faster there (the built-in ones use them; a user's primitive may too):
+work there: the scan calls its forward and backward. Optional declarations, next to forward and
+backward, make it faster there (the built-in ones use them; a user's primitive may too):
 - `local(saved)`: the part of the derivative that does not depend on g (tanh: 1 - y^2), computed
   once for all T steps on the saved values stacked along a new leading axis; `backward_local(g,
-  local_t, saved, needs)` then replaces `backward` per step;
-- `grad_code(params, shapes, out_shape)`: the per-step gradient as a line of code per input
-  (`{0: "g * d"}`), which the scan inlines into the loop it generates;
+  local_t, saved, needs)` then replaces `backward` per step (`local_for(params)` picks it);
+- `forward_code(...)` and `grad_code(params, shapes, out_shape)`: the forward and the per-step
+  gradient as lines of code (`{0: "g * d"}`), which the scan inlines into the loops it generates;
 - `batches(varying, ndims)`: True if backward also accepts time-varying values stacked along a
   leading time axis with the time-invariant inputs broadcast; a weight's gradient is then one
   backward call over all steps (one GEMM for `linear`) instead of one per step;
@@ -79,8 +79,8 @@ class Primitive:
         set `s` to what forward saves. `names`: objects the lines use (np is there). `saved`
         mirrors `s`, naming each part: an input ("a0"), the buffer ("y"), a value the same at
         every step (None) or one made at each step ("step"), so that the scan stacks them over
-        time as views, or keeps nothing per step when no part is "step". `aliases`: the inputs an output may view.
-        None: forward is called."""
+        time as views, or keeps nothing per step when no part is "step". `aliases`: pairs
+        (output index, input name) of outputs that view an input. None: forward is called."""
         return None
 
     @classmethod

@@ -49,9 +49,8 @@ def unroll(cell: Callable[..., Any], xs: Any, state: State = None, batch_first: 
     one scan record (tinygrad_rnn.scan; same results, far less Python per step); a cell that
     cannot be traced safely runs per op, with one warning per cell class. A cell whose Python
     depends on state outside its tensors (a step counter) needs compile=False. With
-    `checkpoint_every=k` only every
-    k-th state is kept; the steps between are recomputed during backward (memory O(T/k + k),
-    identical gradients)."""
+    `checkpoint_every=k` only every k-th state is kept; the steps between are recomputed during
+    backward (memory O(T/k + k), identical gradients)."""
     xs = _as_tensor(xs, "unroll")
     if xs.ndim < 2:
         raise ShapeError(f"unroll: xs must have a time and a batch axis, got shape {xs.shape}")
