@@ -20,13 +20,11 @@ taken from the implementation. Upstream gradients are random, never all-ones.
 
 from __future__ import annotations
 
-import gc
 import inspect
 import itertools
 import json
 import math
 import re
-import tracemalloc
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -41,6 +39,7 @@ from tinygrad_rnn import nn, optim
 from tinygrad_rnn.errors import GraphError
 from tinygrad_rnn.scan import CompileWarning, Scan
 from tinygrad_rnn.testing import gradcheck
+from test_bptt import _peak_bytes  # the same tracemalloc measurement as the per-op tests
 
 F64 = np.float64
 TOL = dict(rtol=1e-12, atol=1e-12)
@@ -693,18 +692,6 @@ def test_checkpoint_every_with_a_broadcast_bias_in_project_is_bit_identical(
     assert_same(res[2], res[None], exact=False)
 
 
-def peak_bytes(fn: Callable[[], Any]) -> int:
-    gc.collect()
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        fn()
-        return tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
-
-
 def test_checkpoint_every_sqrt_T_lowers_the_peak_memory_of_a_compiled_lstm(
         scans: dict[str, int]) -> None:
     """nn.LSTM T=400, B=8, H=64, float32: the scan keeps every step's saved values, so its
@@ -727,7 +714,7 @@ def test_checkpoint_every_sqrt_T_lowers_the_peak_memory_of_a_compiled_lstm(
     peaks = {}
     for every in (None, k):
         scans["backward"] = 0
-        peaks[every] = peak_bytes(lambda: run(every))
+        peaks[every] = _peak_bytes(lambda: run(every))
         counts[every, "backward"] = scans["backward"]
     assert counts[None] == 1 and counts[None, "backward"] == 1
     assert counts[k, "backward"] == n // k
