@@ -667,6 +667,44 @@ def test_checkpoint_every_gives_the_gradients_of_the_plain_scan_bit_for_bit(
     assert_same(ckpt, plain, exact=True)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, F64])
+@pytest.mark.parametrize("batch", [1, 3, 32])
+@pytest.mark.parametrize("c_order", [True, False])
+def test_a_product_over_time_steps_has_numpy_step_by_step_bits(
+        dtype: Any, batch: int, c_order: bool) -> None:
+    """ops._steps_matmul (linear's and matmul's (T, ..., n) @ (n, m), forward and backward) is
+    one GEMM over all rows only where that gives the bits of numpy's step-by-step product, which
+    is what segment-by-segment projection under checkpoint_every relies on: at any batch, for a
+    weight in either memory order, and on data other than the probe's."""
+    from tinygrad_rnn import ops
+    g = rng(80 + batch)
+    a = g.standard_normal((13, batch, 300)).astype(dtype)
+    w = g.standard_normal((96, 300)).astype(dtype)
+    b = w.T if c_order is False else np.ascontiguousarray(w.T)
+    for part in (a, a[:5], a[5:6]):  # the whole sequence and two segments
+        got = ops._steps_matmul(part, b)
+        want = np.stack([part[t] @ b for t in range(part.shape[0])])
+        assert got.dtype == dtype and np.array_equal(got, want)
+
+
+def test_checkpoint_every_is_bit_identical_at_a_batch_where_projections_are_one_gemm(
+        scans: dict[str, int]) -> None:
+    """float32 nn.LSTM at batch 32 (one GEMM per projection wherever the BLAS's rows agree):
+    checkpoint_every = 4 (segments of 4 and a last one of 1) and 9 give the plain scan's outputs
+    and gradients to the last bit."""
+    n, b, i, h = 13, 32, 24, 40
+    xs = rng(81).standard_normal((n, b, i)).astype(np.float32)
+    res = {}
+    for every in (None, 4, 9):
+        tg.manual_seed(82)
+        layer = nn.LSTM(i, h, checkpoint_every=every)
+        scans["backward"] = 0
+        res[every], _ = outcome(lambda x, s: layer(x, s), layer, xs, None)
+        assert scans["backward"] == (1 if every is None else math.ceil(n / every))
+    assert_same(res[4], res[None], exact=True)
+    assert_same(res[9], res[None], exact=True)
+
+
 class BroadcastBiasCell(CoupledCell):
     """CoupledCell whose projection is written with plain ops: x Wz^T + bz, the bias added by
     broadcasting over (T, B) (not tg.linear)."""

@@ -112,6 +112,41 @@ def _add_into(y: np.ndarray, a: np.ndarray) -> np.ndarray:
     return y + a
 
 
+# A (T, ..., n) @ (n, m) product is defined as numpy's step-by-step one (T small GEMMs): each
+# step's rows then do not depend on how many steps are multiplied together, which is what lets a
+# checkpointed unroll (projected segment by segment) reproduce the plain one to the last bit.
+# One GEMM over all rows is much faster at batch >= 16 and gives the same bits wherever the BLAS
+# treats rows independently, which depends on the shapes and layouts only (small products take
+# other kernels). So each shape is tried once both ways on random operands of its layout, and
+# the single GEMM is used for it only if the bits agreed.
+_ROWWISE: dict[tuple[Any, ...], bool] = {}
+
+
+def _rows_agree(a: np.ndarray, b: np.ndarray) -> bool:
+    rng = np.random.default_rng(0)  # not the library's generator: a user's draws stay as they were
+    a2 = rng.standard_normal(a.shape).astype(a.dtype)
+    b2 = (rng.standard_normal(b.shape).astype(b.dtype) if b.flags.c_contiguous else
+          rng.standard_normal(b.shape[::-1]).astype(b.dtype).T)
+    return np.array_equal((a2.reshape(-1, a.shape[-1]) @ b2).reshape(a.shape[:-1] + (-1,)),
+                          a2 @ b2)
+
+
+def _steps_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b for a (T, ..., n) and a matrix b (n, m), bit-identical to numpy's step-by-step
+    product: (T, ..., m)."""
+    if a.ndim < 3 or not a.flags.c_contiguous or not (b.flags.c_contiguous or
+                                                       b.flags.f_contiguous):
+        return a @ b
+    key = (a.shape, b.shape, b.flags.c_contiguous, a.dtype, b.dtype)
+    rowwise = _ROWWISE.get(key)
+    if rowwise is None:
+        if len(_ROWWISE) >= 1024:
+            _ROWWISE.clear()
+        rowwise = _ROWWISE[key] = _rows_agree(a, b)
+    if rowwise:
+        return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[-1],))
+    return a @ b
+
 @register
 class Addcmul(_Elementwise):
     """a + value * b * c (PyTorch's addcmul) as one record, e.g. an LSTM's c' = f c + i g as
@@ -232,7 +267,7 @@ class MatMul(Primitive):
 
     @staticmethod
     def forward(a, b):
-        return a @ b, (a, b)
+        return (_steps_matmul(a, b) if b.ndim == 2 else a @ b), (a, b)
 
     @staticmethod
     def backward(g, saved, needs):
@@ -243,7 +278,7 @@ class MatMul(Primitive):
                 gb = Deferred(a, g) if a.ndim == 2 else Deferred(
                     a.reshape(a.shape[0], -1, a.shape[-1]), g.reshape(g.shape[0], -1, g.shape[-1]),
                     steps=True)
-            return (g @ b.T if needs[0] else None), gb
+            return (_steps_matmul(g, b.T) if needs[0] else None), gb
         if a.ndim == 1 and b.ndim == 1:  # dot product: g is a scalar
             return (g * b if needs[0] else None), (g * a if needs[1] else None)
         # promote 1-d operands to matrices so one formula covers every case
@@ -308,7 +343,7 @@ class Linear(Primitive):
 
     @staticmethod
     def forward(x, w, *biases, act=None):
-        y = x @ w.T
+        y = _steps_matmul(x, w.T)
         if len(biases) == 2 and biases[0].shape == biases[1].shape == (w.shape[0],):
             # e.g. b_ih + b_hh over a whole sequence: one pass over y instead of two
             y = _add_into(y, biases[0] + biases[1])
@@ -375,7 +410,7 @@ class Linear(Primitive):
     @staticmethod
     def _grads(g, saved, needs):  # g: the gradient of x W^T + b (after the activation's)
         x, w, bias_shapes = saved[:3]
-        gx = g @ w if needs[0] else None
+        gx = _steps_matmul(g, w) if needs[0] else None
         gw = None
         stepwise = x.ndim >= 3
         if needs[1]:
