@@ -656,6 +656,9 @@ class Clip(_Elementwise):
 
 @register
 class Where(_Elementwise):
+    """a where cond else b; cond (bool) is an input that takes no gradient, so a per-step mask
+    can vary inside a scan."""
+
     name = "where"
 
     @staticmethod
@@ -664,11 +667,9 @@ class Where(_Elementwise):
 
     @staticmethod
     def backward(g, cond, needs):  # the gradient follows whichever branch was taken
-        return (g * cond if needs[0] else None), (g * ~cond if needs[1] else None)
+        return (g * cond if needs[0] else None), (g * ~cond if needs[1] else None), None
 
-    @classmethod
-    def check(cls, a, b, cond):
-        super().check(a, b, cond)
+    code = (("np.copyto(y, a1)", "np.copyto(y, a0, where=a2)", "s = a2"), "a2")
 
 
 @register
@@ -1170,11 +1171,11 @@ def clip(x: Any, lo: float | None = None, hi: float | None = None) -> Tensor:
 
 def where(cond: Any, a: Any, b: Any) -> Tensor:
     """Elementwise `a` where `cond` is True else `b` (cond: bool array or Tensor; not differentiated)."""
-    c = np.asarray(cond.data if isinstance(cond, Tensor) else cond)
+    c = cond if isinstance(cond, Tensor) else Tensor._from_op(np.asarray(cond), None)
     if c.dtype != np.bool_:
         raise DTypeError(f"where: cond must be a bool array, got dtype {c.dtype}")
     like = a if isinstance(a, Tensor) else b if isinstance(b, Tensor) else Tensor(a)
-    return Where.apply(_const(a, like), _const(b, like), cond=c)
+    return Where.apply(_const(a, like), _const(b, like), c)
 
 
 def maximum(a: Any, b: Any) -> Tensor:
