@@ -18,7 +18,7 @@ import tinygrad_rnn.nn.functional as F
 from tinygrad_rnn import nn, optim
 
 FIXTURES = Path(__file__).parent / "fixtures"
-KINDS = ("seq", "cell", "module", "fn", "optim", "clip")
+KINDS = ("seq", "packed", "cell", "module", "fn", "optim", "clip")
 TOL = {"rtol": 1e-10, "atol": 1e-10}
 
 
@@ -122,6 +122,42 @@ def test_recurrent_layer(fx: Fixture) -> None:
     inputs = _inputs(fx)
     state = _state(fx, inputs)
     output, final = layer(inputs["x"]) if state is None else layer(inputs["x"], state)
+    if fx.meta["cls"] == "LSTM":
+        h_n, c_n = final
+        outs = {"output": output, "h_n": h_n, "c_n": c_n}
+    else:
+        outs = {"output": output, "h_n": final}
+    _check(fx, outs, inputs, dict(layer.named_parameters()))
+
+
+@_cases("packed")
+@pytest.mark.parametrize("how", ["packed", "lengths", "per-op"])
+def test_variable_length_layer(fx: Fixture, how: str) -> None:
+    """nn.RNN / nn.LSTM / nn.GRU over sequences of different lengths: given PyTorch's packed
+    batch (its batch_sizes and sorted_indices checked), or the padded batch with lengths= (also
+    on the per-op tape): outputs (padded), final states and every gradient."""
+    rnn = nn.utils.rnn
+    layer = _build(fx)
+    if how == "per-op":
+        layer.compile = False
+    inputs = _inputs(fx)
+    state = _state(fx, inputs)
+    bf = fx.meta["kwargs"].get("batch_first", False)
+    if how == "packed":
+        packed = rnn.pack_padded_sequence(inputs["x"], inputs["lengths"], batch_first=bf,
+                                          enforce_sorted=fx.meta["enforce_sorted"])
+        np.testing.assert_array_equal(packed.batch_sizes, fx["packed.batch_sizes"])
+        if fx.meta["enforce_sorted"]:
+            assert packed.sorted_indices is None and "packed.sorted_indices" not in fx.arrays
+        else:
+            np.testing.assert_array_equal(packed.sorted_indices, fx["packed.sorted_indices"])
+        out, final = layer(packed, state)
+        assert isinstance(out, rnn.PackedSequence)
+        np.testing.assert_array_equal(out.batch_sizes, packed.batch_sizes)
+        output, lengths = rnn.pad_packed_sequence(out, batch_first=bf)
+        np.testing.assert_array_equal(lengths, inputs["lengths"])
+    else:
+        output, final = layer(inputs["x"], state, lengths=inputs["lengths"])
     if fx.meta["cls"] == "LSTM":
         h_n, c_n = final
         outs = {"output": output, "h_n": h_n, "c_n": c_n}

@@ -210,8 +210,16 @@ def _check_every(every: Any) -> None:
         raise ValueError(f"unroll: checkpoint_every must be a positive int, got {every!r}")
 
 
-def checkpointed_unroll(step: Callable[..., Any], xs: Tensor, state: Any, every: int,
-                        project: Callable[[Tensor], Any] | None = None) -> tuple[Tensor, Any]:
+def _segments(xs: Any, every: int) -> Any:
+    """xs (T, ...) in segments of `every` steps; for a tuple of (T, ...) sequences (the inputs
+    and a length mask), tuples of their segments."""
+    if isinstance(xs, tuple):
+        return zip(*(ops.split(x, int(every), axis=0) for x in xs))
+    return ops.split(xs, int(every), axis=0)
+
+
+def checkpointed_unroll(step: Callable[..., Any], xs: Any, state: Any, every: int,
+                        project: Callable[[Any], Any] | None = None) -> tuple[Tensor, Any]:
     """`unroll`'s loop in segments of `every` steps, each segment (its input projection
     included) under `checkpoint`: only the states at segment boundaries are kept; a segment's
     inner graph is rebuilt during backward."""
@@ -228,8 +236,8 @@ def checkpointed_unroll(step: Callable[..., Any], xs: Tensor, state: Any, every:
     # The steps' outputs are stacked by one record after the last segment, as `unroll` does: a
     # y_t also carried in the state then gets its gradient contributions in the same order (the
     # next step's, then the stack's), which keeps the gradients identical to the last bit.
-    ys = _StackedSteps(xs.shape[0])
-    for xs_seg in ops.split(xs, int(every), axis=0):
+    ys = _StackedSteps((xs[0] if isinstance(xs, tuple) else xs).shape[0])
+    for xs_seg in _segments(xs, every):
         flat: list[Tensor] = []
         # a non-Tensor part of the state (a numpy h0) is passed on as is, as unroll does
         spec = _flatten(state, flat, constants=True) if state is not None else None
@@ -240,8 +248,8 @@ def checkpointed_unroll(step: Callable[..., Any], xs: Tensor, state: Any, every:
     return ys.result(), state
 
 
-def checkpointed_scan(plan: Any, step: Callable[..., Any], xs: Tensor, state: Any, every: int,
-                      project: Callable[[Tensor], Any] | None = None) -> tuple[Tensor, Any]:
+def checkpointed_scan(plan: Any, step: Callable[..., Any], xs: Any, state: Any, every: int,
+                      project: Callable[[Any], Any] | None = None) -> tuple[Tensor, Any]:
     """A compiled unroll in segments of `every` steps, each segment (its projection and its scan)
     under `checkpoint`; the segments' outputs joined by one record."""
     from . import scan
@@ -252,7 +260,7 @@ def checkpointed_scan(plan: Any, step: Callable[..., Any], xs: Tensor, state: An
         return scan.execute(plan, step, project(xs_seg) if project is not None else xs_seg, s)
 
     outs = []
-    for xs_seg in ops.split(xs, int(every), axis=0):
+    for xs_seg in _segments(xs, every):
         flat: list[Tensor] = []
         spec = _flatten(state, flat, constants=True) if state is not None else None
         ys_seg, state = checkpoint(segment, spec, xs_seg, *flat)

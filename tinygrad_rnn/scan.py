@@ -1293,6 +1293,7 @@ _PLANS: weakref.WeakKeyDictionary[Any, Plan] = weakref.WeakKeyDictionary()  # by
 
 
 def _warn(cell: Any, reason: str) -> None:
+    cell = getattr(cell, "wraps", cell)  # a cell run with lengths= is warned about as itself
     key = cell if isinstance(cell, type(_warn)) else type(cell)
     if key in _WARNED:
         return

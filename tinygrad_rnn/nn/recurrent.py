@@ -15,6 +15,7 @@ Backpropagation through time is just the tape; nothing here has a hand-written b
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Callable
 
 import numpy as np
@@ -26,6 +27,7 @@ from ..errors import ShapeError
 from ..random import rng
 from ..tensor import Tensor
 from .module import Module, Parameter
+from .utils.rnn import PackedSequence, check_lengths, pad_packed_sequence, repack
 
 State = Any
 
@@ -41,7 +43,8 @@ def _as_tensor(x: Any, who: str) -> Tensor:
 
 
 def unroll(cell: Callable[..., Any], xs: Any, state: State = None, batch_first: bool = False,
-           checkpoint_every: int | None = None, compile: bool = True) -> tuple[Tensor, State]:
+           checkpoint_every: int | None = None, compile: bool = True,
+           lengths: Any = None) -> tuple[Tensor, State]:
     """Run `cell` over the time axis of xs (T, B, ...) (or (B, T, ...) with batch_first).
 
     Returns (ys, final_state) with ys the stacked y_t along the same time axis. BPTT comes from the
@@ -50,27 +53,41 @@ def unroll(cell: Callable[..., Any], xs: Any, state: State = None, batch_first: 
     cannot be traced safely runs per op, with one warning per cell class. A cell whose Python
     depends on state outside its tensors (a step counter) needs compile=False. With
     `checkpoint_every=k` only every k-th state is kept; the steps between are recomputed during
-    backward (memory O(T/k + k), identical gradients)."""
+    backward (memory O(T/k + k), identical gradients). With `lengths` (B,) (ints in 1..T) sequence
+    b ends after lengths[b] steps: its outputs after that are zeros that take no gradient, and
+    its final state is the state after its own last step (every state part must have the batch
+    as its leading axis)."""
     xs = _as_tensor(xs, "unroll")
     if xs.ndim < 2:
         raise ShapeError(f"unroll: xs must have a time and a batch axis, got shape {xs.shape}")
     if batch_first:
         xs = ops.swapaxes(xs, 0, 1)
-    step = getattr(cell, "step", cell)
     if state is None and hasattr(cell, "initial_state"):
         state = cell.initial_state(xs.shape[1])
+    seq: Any = xs
+    if lengths is not None:
+        lens = check_lengths(lengths, xs.shape[0], xs.shape[1], "unroll")
+        if lens.min() < xs.shape[0]:  # else every sequence is whole: nothing to mask
+            cell = _masked(cell)
+            valid = np.arange(xs.shape[0])[:, None] < lens[None, :]  # (T, B)
+            # the steps past an end still run (their results are dropped), on zeros: padding
+            # that holds nan or inf would otherwise reach the gradients as 0 * nan
+            xs = ops.where(valid.reshape(valid.shape + (1,) * (xs.ndim - 2)), xs, 0.0)
+            seq = (xs, Tensor(valid[:, :, None]))
+    step = getattr(cell, "step", cell)
     project = getattr(cell, "project", None)
     if checkpoint_every is not None:  # projects segment by segment: memory stays O(T/k + k)
         plan = None
         if compile:  # traced on the first steps' projection alone
-            plan = scan.prepare(cell, step, project(xs[:3]) if project is not None else xs,
+            head = tuple(x[:3] for x in seq) if isinstance(seq, tuple) else seq[:3]
+            plan = scan.prepare(cell, step, project(head) if project is not None else seq,
                                 state)
         if plan is not None:
-            ys, state = checkpointed_scan(plan, step, xs, state, checkpoint_every, project)
+            ys, state = checkpointed_scan(plan, step, seq, state, checkpoint_every, project)
         else:
-            ys, state = checkpointed_unroll(step, xs, state, checkpoint_every, project)
+            ys, state = checkpointed_unroll(step, seq, state, checkpoint_every, project)
         return (ops.swapaxes(ys, 0, 1) if batch_first else ys), state
-    xp = project(xs) if project is not None else xs
+    xp = project(seq) if project is not None else seq
     plan = scan.prepare(cell, step, xp, state) if compile else None
     if plan is not None:
         ys, state = scan.execute(plan, step, xp, state)
@@ -85,6 +102,63 @@ def unroll(cell: Callable[..., Any], xs: Any, state: State = None, batch_first: 
     return ys, state
 
 
+class _Masked:
+    """`cell` over a batch of sequences of different lengths: its step runs on every sequence,
+    and where a sequence has ended (m_t False) `where` keeps the old state and gives a zero
+    output, so those steps take no gradient. The per-step input is (*the cell's projected
+    parts, m_t (B, 1) bool); made once per cell (weakly), so the scan reuses its plan."""
+
+    def __init__(self, cell: Any) -> None:
+        self.wraps = cell
+        self._step = getattr(cell, "step", cell)
+        self._project = getattr(cell, "project", None)
+        self.tuple_x = False
+
+    def project(self, seq: tuple[Tensor, Tensor]) -> tuple[Tensor, ...]:
+        xs, mask = seq
+        xp = self._project(xs) if self._project is not None else xs
+        self.tuple_x = isinstance(xp, (tuple, list))
+        return (*xp, mask) if self.tuple_x else (xp, mask)
+
+    def step(self, inp: tuple[Tensor, ...], state: State) -> tuple[Tensor, State]:
+        *parts, m = inp
+        y, new = self._step(tuple(parts) if self.tuple_x else parts[0], state)
+        if state is not None:  # None only at step 0, where every sequence is running
+            new = _keep_ended(m, new, state)
+        return ops.where(_batch_mask(m, y, "output"), y, 0.0), new
+
+
+_MASKED: weakref.WeakKeyDictionary[Any, _Masked] = weakref.WeakKeyDictionary()
+
+
+def _masked(cell: Any) -> _Masked:
+    try:
+        wrapper = _MASKED.get(cell)
+        if wrapper is None:
+            wrapper = _MASKED[cell] = _Masked(cell)
+        return wrapper
+    except TypeError:  # not weakly referable: a fresh wrapper (its plan is not reused)
+        return _Masked(cell)
+
+
+def _batch_mask(m: Tensor, like: Tensor, what: str) -> Tensor:
+    """The (B, 1) step mask shaped to broadcast over `like` (B, ...)."""
+    if like.ndim == 0 or like.shape[0] != m.shape[0]:
+        raise ShapeError(f"unroll with lengths: the step's {what} has shape {like.shape}; it "
+                         f"needs the batch ({m.shape[0]}) as its leading axis")
+    return m if like.ndim == 2 else m.reshape((m.shape[0],) + (1,) * (like.ndim - 1))
+
+
+def _keep_ended(m: Tensor, new: State, old: State) -> State:
+    """The new state where the step ran (m), the old one where the sequence had ended."""
+    if isinstance(new, (tuple, list)):
+        if not isinstance(old, (tuple, list)) or len(old) != len(new):
+            raise ShapeError("unroll with lengths: the step's new state is not shaped like the "
+                             "state it was given")
+        return type(new)(_keep_ended(m, n, o) for n, o in zip(new, old))
+    return ops.where(_batch_mask(m, new, "state"), new, old)
+
+
 class Recurrent(Module):
     """Wrap a cell as a sequence layer: `forward(x, state=None) -> (outputs, final_state)`."""
 
@@ -96,9 +170,22 @@ class Recurrent(Module):
         self.checkpoint_every = checkpoint_every
         self.compile = compile
 
-    def forward(self, x: Any, state: State = None) -> tuple[Tensor, State]:
+    def forward(self, x: Any, state: State = None, lengths: Any = None) -> tuple[Any, State]:
+        """x (T, B, ...) (batch_first: (B, T, ...)), or a PackedSequence (then the output is
+        one too) -> (outputs, final_state); `lengths` as in `unroll`."""
+        if isinstance(x, PackedSequence):
+            padded, lens = _unpack(x, lengths, "Recurrent")
+            ys, state = unroll(self.cell, padded, state, False, self.checkpoint_every,
+                               self.compile, lens)
+            return repack(ys, x), state
         return unroll(self.cell, x, state, self.batch_first, self.checkpoint_every,
-                      self.compile)
+                      self.compile, lengths)
+
+
+def _unpack(x: PackedSequence, lengths: Any, who: str) -> tuple[Tensor, np.ndarray]:
+    if lengths is not None:
+        raise ValueError(f"{who}: a PackedSequence carries its lengths; do not pass lengths= too")
+    return pad_packed_sequence(x)
 
 
 # ----------------------------------------------------------------------------- built-in cells
@@ -342,12 +429,28 @@ class _RNNBase(Module):
             per.append(ops.unbind(s, 0))
         return [tuple(p[i] for p in per) if is_lstm else per[0][i] for i in range(n)]
 
-    def forward(self, x: Any, state: Any = None) -> tuple[Tensor, Any]:
+    def forward(self, x: Any, state: Any = None, lengths: Any = None) -> tuple[Any, Any]:
         """x (T, B, I) (or (B, T, I), or unbatched (T, I)) -> (output, h_n) — LSTM:
-        (output, (h_n, c_n)) — with output (T, B, D*H) and h_n (L*D, B, H) as PyTorch."""
+        (output, (h_n, c_n)) — with output (T, B, D*H) and h_n (L*D, B, H) as PyTorch.
+
+        Variable lengths: x a PackedSequence (the output is then packed the same way), or
+        `lengths` (B,) with a padded x. Each sequence's h_n is its state after its own last step,
+        the reverse direction starts at each sequence's own end, and outputs past a sequence's
+        end are zeros."""
+        if isinstance(x, PackedSequence):
+            padded, lens = _unpack(x, lengths, type(self).__name__)
+            first, self.batch_first = self.batch_first, False
+            try:
+                out, final = self.forward(padded, state, lens)
+            finally:
+                self.batch_first = first
+            return repack(out, x), final
         x = _as_tensor(x, type(self).__name__)
         self._check(x)
         unbatched = x.ndim == 2
+        if unbatched and lengths is not None:
+            raise ShapeError(f"{type(self).__name__}: lengths= needs a batched input (T, B, "
+                             f"{self.input_size}); an unbatched one is a single sequence")
         if unbatched:
             x = x.unsqueeze(1)
             if state is not None:
@@ -357,6 +460,14 @@ class _RNNBase(Module):
             x = ops.swapaxes(x, 0, 1)
         init = self._split_state(state, x.shape[1], x.dtype)
         dirs = 2 if self.bidirectional else 1
+        flip: Any = slice(None, None, -1)  # how the reverse direction reads and writes time
+        if lengths is not None:
+            lengths = check_lengths(lengths, x.shape[0], x.shape[1], type(self).__name__)
+            if lengths.min() == x.shape[0]:
+                lengths = None
+            else:  # each sequence reversed within its own length; padding stays in place
+                t = np.arange(x.shape[0])[:, None]
+                flip = (np.where(t < lengths, lengths - 1 - t, t), np.arange(x.shape[1]))
         finals = []
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout > 0 and self.training:
@@ -365,10 +476,11 @@ class _RNNBase(Module):
             outs = []
             for d in range(dirs):
                 i = layer * dirs + d
-                xs = x if d == 0 else x[::-1]
+                xs = x if d == 0 else x[flip]
                 ys, s = unroll(self._cells[i], xs, init[i],
-                               checkpoint_every=self.checkpoint_every, compile=self.compile)
-                outs.append(ys if d == 0 else ys[::-1])
+                               checkpoint_every=self.checkpoint_every, compile=self.compile,
+                               lengths=lengths)
+                outs.append(ys if d == 0 else ys[flip])
                 finals.append(s)
             x = outs[0] if dirs == 1 else ops.concat(outs, axis=-1)
         if self.cell_class is LSTMCell:

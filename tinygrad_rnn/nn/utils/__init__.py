@@ -1,4 +1,5 @@
-"""Gradient clipping, as `torch.nn.utils`: both functions change `.grad` in place."""
+"""As `torch.nn.utils`: gradient clipping (both functions change `.grad` in place), and `rnn`
+(padding and packing variable-length batches)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from typing import Iterable
 
 import numpy as np
 
-from ..tensor import Tensor
+from ...tensor import Tensor
+from . import rnn
 
-__all__ = ["NonFiniteNormError", "clip_grad_norm_", "clip_grad_value_"]
+__all__ = ["NonFiniteNormError", "clip_grad_norm_", "clip_grad_value_", "rnn"]
 
 
 class NonFiniteNormError(RuntimeError):
