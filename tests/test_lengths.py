@@ -421,3 +421,18 @@ def test_a_state_without_a_batch_axis_is_refused_with_lengths() -> None:
     with pytest.raises(ShapeError, match=r"state has shape \(\); it needs the batch \(2\)"):
         nn.unroll(cell, x, (tg.Tensor(np.zeros((2, 4))), tg.Tensor(np.array(0.0))),
                   lengths=[3, 1], compile=False)
+
+
+def test_a_cell_used_with_lengths_can_still_be_freed() -> None:
+    """The per-cell wrapper that lets the scan reuse its plan holds the cell weakly."""
+    import gc
+    import weakref
+
+    cell = NestedCell(seed=20)
+    x, state, _, _ = nested_problem(21)
+    nn.unroll(cell, x, (tg.Tensor(state[0]), (tg.Tensor(state[1]), tg.Tensor(state[2]))),
+              lengths=[7, 3, 2, 5])
+    ref = weakref.ref(cell)
+    del cell
+    gc.collect()
+    assert ref() is None

@@ -277,10 +277,21 @@ class Pieces(list):
 
     @classmethod
     def of_rows(cls, rows: np.ndarray) -> Pieces:
-        """The rows of `rows` (n, ...) as n pieces, in row order."""
-        p = cls(rows)
+        """The rows of `rows` (n, ...) as n pieces, in row order (iterated as views made on
+        demand: a list of T views would cost more memory than the rows at batch 1)."""
+        p = cls()
         p.rows = rows
         return p
+
+    def __iter__(self) -> Any:
+        return iter(self.rows) if self.rows is not None else list.__iter__(self)
+
+    def __len__(self) -> int:
+        return len(self.rows) if self.rows is not None else list.__len__(self)
+
+    def stacked(self) -> np.ndarray:
+        """The pieces as one array (n, ...)."""
+        return self.rows if self.rows is not None else np.stack(list.__iter__(self))
 
 
 DEFERRED_ROWS = 1024
@@ -506,7 +517,7 @@ def _replay(nodes: list[Node], retain_graph: bool) -> None:
             if anomaly:
                 check_finite(op.name, "gradient",  # type: ignore[union-attr]
                              [x.value() if type(x) is Deferred else
-                              np.asarray(x) if type(x) is not Pieces else np.stack(x)
+                              np.asarray(x) if type(x) is not Pieces else x.stacked()
                               for x in grads_in if x is not None], n.where)
             for t, gi, need in zip(n.inputs, grads_in, n.needs):
                 if not need or gi is None:

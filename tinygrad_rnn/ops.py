@@ -431,10 +431,12 @@ class Linear(Primitive):
                 gbs.append(g)  # the engine sums over whatever was broadcast
             else:
                 if summed is None:
-                    summed = (Pieces.of_rows(g.reshape(g.shape[0], -1, w.shape[0])
-                                             .sum(axis=1)[::-1])
-                              if stepwise else  # one piece per step, the last first
-                              g[0] if g.shape[0] == 1 else g.sum(axis=0))
+                    if stepwise:  # one piece per step, the last first (a view at batch 1)
+                        rows = g.reshape(g.shape[0], -1, w.shape[0])
+                        summed = Pieces.of_rows((rows[:, 0] if rows.shape[1] == 1 else
+                                                 rows.sum(axis=1))[::-1])
+                    else:
+                        summed = g[0] if g.shape[0] == 1 else g.sum(axis=0)
                 gbs.append(summed)
         return (gx, gw, *gbs)
 

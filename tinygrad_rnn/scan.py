@@ -440,7 +440,7 @@ def _fit(g: Any, shape: tuple[int, ...], dtype: np.dtype, name: str) -> Any:
     if type(g) is Deferred:
         g = g.value()
     elif type(g) is Pieces:
-        g = np.sum(np.stack(g), axis=0)
+        g = np.sum(g.stacked(), axis=0)
     g = np.asarray(g)
     if g.shape != shape:
         g = unbroadcast(g, shape, name)
@@ -501,6 +501,8 @@ class _Layout:
                     if ins.outs[k] in kept_slot and s not in kept_slot:
                         kept_slot.add(s)
                         changed = True
+        # the per-step inputs the backward reads (the others are not held after the forward)
+        self.x_kept = tuple(s in kept_slot for s in p.x_slots)
         self.kept = [t is not None and t[3] is not None and (
             "y" in _refs(t[2]) or any(o in kept_slot for o in ins.outs))
             for ins, t in zip(p.instrs, self.tmpl)]
@@ -1086,6 +1088,7 @@ class Scan(Primitive):
         fwd = p.forward_code(keep, anomaly)
         H: list[Any] = []
         final = fwd(T, X, S, C, p.F, p.P, ys, K, bufs, H, _checker(p, "output"))
+        X = tuple(x if k else None for x, k in zip(X, lay.x_kept))
         return [ys, *final], (p, channels, K, C, T, X, bufs, probe, H)
 
     @staticmethod

@@ -65,22 +65,23 @@ def unroll(cell: Callable[..., Any], xs: Any, state: State = None, batch_first: 
     if state is None and hasattr(cell, "initial_state"):
         state = cell.initial_state(xs.shape[1])
     seq: Any = xs
+    runner = cell  # `cell` stays referenced here: the wrapper below holds it only weakly
     if lengths is not None:
         lens = check_lengths(lengths, xs.shape[0], xs.shape[1], "unroll")
         if lens.min() < xs.shape[0]:  # else every sequence is whole: nothing to mask
-            cell = _masked(cell)
+            runner = _masked(cell)
             valid = np.arange(xs.shape[0])[:, None] < lens[None, :]  # (T, B)
             # the steps past an end still run (their results are dropped), on zeros: padding
             # that holds nan or inf would otherwise reach the gradients as 0 * nan
             xs = ops.where(valid.reshape(valid.shape + (1,) * (xs.ndim - 2)), xs, 0.0)
             seq = (xs, Tensor(valid[:, :, None]))
-    step = getattr(cell, "step", cell)
-    project = getattr(cell, "project", None)
+    step = getattr(runner, "step", runner)
+    project = getattr(runner, "project", None)
     if checkpoint_every is not None:  # projects segment by segment: memory stays O(T/k + k)
         plan = None
         if compile:  # traced on the first steps' projection alone
             head = tuple(x[:3] for x in seq) if isinstance(seq, tuple) else seq[:3]
-            plan = scan.prepare(cell, step, project(head) if project is not None else seq,
+            plan = scan.prepare(runner, step, project(head) if project is not None else seq,
                                 state)
         if plan is not None:
             ys, state = checkpointed_scan(plan, step, seq, state, checkpoint_every, project)
@@ -88,7 +89,7 @@ def unroll(cell: Callable[..., Any], xs: Any, state: State = None, batch_first: 
             ys, state = checkpointed_unroll(step, seq, state, checkpoint_every, project)
         return (ops.swapaxes(ys, 0, 1) if batch_first else ys), state
     xp = project(seq) if project is not None else seq
-    plan = scan.prepare(cell, step, xp, state) if compile else None
+    plan = scan.prepare(runner, step, xp, state) if compile else None
     if plan is not None:
         ys, state = scan.execute(plan, step, xp, state)
     else:
@@ -106,23 +107,28 @@ class _Masked:
     """`cell` over a batch of sequences of different lengths: its step runs on every sequence,
     and where a sequence has ended (m_t False) `where` keeps the old state and gives a zero
     output, so those steps take no gradient. The per-step input is (*the cell's projected
-    parts, m_t (B, 1) bool); made once per cell (weakly), so the scan reuses its plan."""
+    parts, m_t (B, 1) bool). Kept per cell, so that the scan reuses its plan; it holds the cell
+    weakly, or the cache would keep every cell alive."""
 
-    def __init__(self, cell: Any) -> None:
-        self.wraps = cell
-        self._step = getattr(cell, "step", cell)
-        self._project = getattr(cell, "project", None)
+    def __init__(self, cell: Any, weak: bool) -> None:
+        self._cell = weakref.ref(cell) if weak else (lambda: cell)
         self.tuple_x = False
+
+    @property
+    def wraps(self) -> Any:
+        return self._cell()
 
     def project(self, seq: tuple[Tensor, Tensor]) -> tuple[Tensor, ...]:
         xs, mask = seq
-        xp = self._project(xs) if self._project is not None else xs
+        project = getattr(self._cell(), "project", None)
+        xp = project(xs) if project is not None else xs
         self.tuple_x = isinstance(xp, (tuple, list))
         return (*xp, mask) if self.tuple_x else (xp, mask)
 
     def step(self, inp: tuple[Tensor, ...], state: State) -> tuple[Tensor, State]:
         *parts, m = inp
-        y, new = self._step(tuple(parts) if self.tuple_x else parts[0], state)
+        cell = self._cell()
+        y, new = getattr(cell, "step", cell)(tuple(parts) if self.tuple_x else parts[0], state)
         if state is not None:  # None only at step 0, where every sequence is running
             new = _keep_ended(m, new, state)
         return ops.where(_batch_mask(m, y, "output"), y, 0.0), new
@@ -135,10 +141,10 @@ def _masked(cell: Any) -> _Masked:
     try:
         wrapper = _MASKED.get(cell)
         if wrapper is None:
-            wrapper = _MASKED[cell] = _Masked(cell)
+            wrapper = _MASKED[cell] = _Masked(cell, weak=True)
         return wrapper
     except TypeError:  # not weakly referable: a fresh wrapper (its plan is not reused)
-        return _Masked(cell)
+        return _Masked(cell, weak=False)
 
 
 def _batch_mask(m: Tensor, like: Tensor, what: str) -> Tensor:
