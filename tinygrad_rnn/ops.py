@@ -405,7 +405,8 @@ class Linear(Primitive):
         exprs = {0: "g @ s[1]"}
         exprs.update((j, "g") for j in range(2, len(shapes)) if shapes[j] == out_shape)
         # the weights' batched gradient is _grads of g after act, which the loop has made
-        return (("g = g * d",) if params.get("act") else ()), exprs, Linear._grads
+        return (("g = np.multiply(g, d@OUT)",) if params.get("act") else ()), exprs, \
+            Linear._grads
 
     @staticmethod
     def _grads(g, saved, needs):  # g: the gradient of x W^T + b (after the activation's)
@@ -906,7 +907,7 @@ class Split(Primitive):
 
     @classmethod
     def grad_code(cls, params, shapes, out_shape):  # every piece's gradient, side by side
-        return (f"g = np.concatenate(g, axis={int(params['axis'])})",), {0: "g"}
+        return (f"g = np.concatenate(g, axis={int(params['axis'])}@OUT)",), {0: "g"}
 
     @staticmethod
     def backward(gs, saved, needs):  # pieces that got no gradient contribute zeros
@@ -1024,7 +1025,7 @@ class Gates(Primitive):
 
     @classmethod
     def grad_code(cls, params, shapes, out_shape):  # every chunk's gradient side by side, times d
-        return ("g = np.concatenate(g, axis=-1)", "np.multiply(g, d, g)"), {0: "g"}
+        return ("g = np.concatenate(g, axis=-1@OUT)", "np.multiply(g, d, g)"), {0: "g"}
 
     @staticmethod
     def backward_local(gs, d, saved, needs):  # the chunks' gradients side by side, times d

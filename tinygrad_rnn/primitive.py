@@ -91,7 +91,10 @@ class Primitive:
         for several outputs), `s` (what forward saved), `d` (`local`'s value at that step) and
         `np`. Each expression must have its input's shape. An optional third element,
         f(g, saved, needs), gives the weights' gradient, over all steps, from the g the
-        statements leave (linear: after its activation's derivative). None: backward is called."""
+        statements leave (linear: after its activation's derivative). None: backward is called.
+        The statement that makes the array the statements leave in `g` may mark its last call
+        argument with `@OUT` (`np.multiply(g, d@OUT)`): where that gradient is stored per step,
+        the scan writes it there directly (`, out=<row>`) instead of copying it."""
         return None
 
     @classmethod

@@ -834,6 +834,7 @@ class _Backward:
         # -1 - i: operation i's gradient after its grad_code's lines (q<i>)
         same: dict[int, int] = {}
         owner: dict[int, int] = {}  # such a gradient -> the operation whose buffer keeps it
+        out_line: dict[int, int] = {}  # operation -> its line that may write q<i> into a row
         share: dict[int, Any] = {}  # operation -> the operation (or ("x", k)) it shares with
         writes: list[tuple[int, str, int]] = []
         post_used: set[int] = set()  # operations whose GB holds g after their grad_code lines
@@ -874,10 +875,15 @@ class _Backward:
                 else:
                     L.append(f"{ind}g = {garg}; s = K{i}[t]" +
                              (f"; d = L{i}[t]" if self.uses_local[i] else ""))
-                L.extend(f"{ind}{line}" for line in tmpl[0])
+                for line in tmpl[0]:
+                    if "@OUT" in line and not guard:
+                        out_line[i] = len(L)
+                        line = line.replace("@OUT", f"@OUT{i}@")
+                    L.append(f"{ind}{line}")
                 if post:  # the weights' gradient from g after the lines above (after act)
                     L.append(f"{ind}q{i} = g")
-                    writes.append((i, f"q{i}", -1 - i))
+                    writes.append((i, f"q{i}", -1 - i if tmpl[0] or ins.multi
+                                   else root(ins.outs[0])))
             else:
                 local = f"L{i}[t], " if self.uses_local[i] else ""
                 L.append(f"{ind}r = b{i}({garg}, {local}K{i}[t], N{i})")
@@ -899,8 +905,9 @@ class _Backward:
                     same.pop(s, None)
                 elif s not in defined:
                     L.append(f"{ind}g{s} = {expr}")
-                    if expr == "(g)" and not ins.multi and not guard:  # g itself, passed on
-                        same[s] = -1 - i if post or tmpl[0] else root(ins.outs[0])
+                    # g itself, passed on: the output's gradient, or the array the lines made
+                    if expr == "(g)" and (tmpl[0] or not ins.multi) and not guard:
+                        same[s] = -1 - i if tmpl[0] else root(ins.outs[0])
                 elif s in maybe_none:
                     L.append(f"{ind}g{s} = acc(g{s}, {expr})")
                     same.pop(s, None)
@@ -920,11 +927,22 @@ class _Backward:
         self._defined_sure = defined - maybe_none
         for i, s in enumerate(p.s_slots):
             L.append(f"        n{i} = g{s}" if s in defined else f"        n{i} = None")
+        def write_in_place(r: int, dest: str) -> bool:
+            """Make operation -1 - r's marked line write the gradient into dest, if it can."""
+            i = -1 - r
+            if r >= 0 or i not in out_line:
+                return False
+            k = out_line.pop(i)
+            L[k] = L[k].replace(f"@OUT{i}@", f", out={dest}")
+            return True
+
         x_root: dict[int, int] = {}  # a gradient array -> the input buffer it is written to
         for k, s in enumerate(p.x_slots):
             if grad[s] and s in defined:
-                L.append(f"        if g{s} is not None: GX{s}[t] = g{s}" if s in maybe_none
-                         else f"        GX{s}[t] = g{s}")
+                if s in maybe_none:
+                    L.append(f"        if g{s} is not None: GX{s}[t] = g{s}")
+                elif not write_in_place(root(s), f"GX{s}[t]"):
+                    L.append(f"        GX{s}[t] = g{s}")
                 if s not in maybe_none:
                     x_root.setdefault(root(s), k)
         # the weights' step gradients, each array stored once: where an input's gradient is the
@@ -936,7 +954,8 @@ class _Backward:
                 share[i] = owner[r]
             else:
                 owner[r] = i
-                L.append(f"        GB{i}[t] = {var}")
+                if not write_in_place(r, f"GB{i}[t]"):
+                    L.append(f"        GB{i}[t] = {var}")
         invariant = list(p.const_slots) + [ins.outs[0] for i, ins in enumerate(p.instrs)
                                            if p.hoisted[i]]
         for s in invariant:
@@ -948,6 +967,7 @@ class _Backward:
             L.append(f"        if g{s0} is not None: PR[t] = g{s0}" if s0 in maybe_none else
                      f"        PR[t] = g{s0}")
         L.append(f"    return [{', '.join(f'n{i}' for i in range(len(p.s_slots)))}]")
+        L = [re.sub(r"@OUT\d+@", "", line) for line in L]  # not stored: a fresh array
         env: dict[str, Any] = {"ndarray": np.ndarray, "np": np}
         for s in range(len(p.kinds)):
             env[f"SH{s}"], env[f"DT{s}"] = p.shapes[s], p.dtypes[s]
