@@ -59,28 +59,31 @@ class Checkpoint(Primitive):
 
     @staticmethod
     def forward(*arrays, fn, call):
+        # fn draws (dropout) from a copy of the generator that only this thread uses, so that
+        # draws of other threads meanwhile cannot make the replay's masks differ; afterwards
+        # the shared generator moves on past what fn drew, as if fn had drawn from it
         rng_state = random.get_state()
+        own = random.generator_at(rng_state)
         flat: list[Tensor] = []
         # recorded (into a graph dropped right away) only to learn whether any output needs
         # grad: fn may use parameters that no argument reveals
         args, _ = call.rebuild(arrays, call.needs)
-        spec = _flatten(fn(*args), flat)
+        with random.drawing_from(own):
+            spec = _flatten(fn(*args), flat)
+        random.set_state(own.bit_generator.state)
         out_needs = any(t._requires_grad for t in flat)
         return tuple(t.data for t in flat), (fn, call, arrays, rng_state, spec, out_needs)
 
     @staticmethod
     def backward(gs, saved, needs):
         fn, call, arrays, rng_state, _, _ = saved
-        current = random.get_state()
-        random.set_state(rng_state)  # dropout inside fn must draw the same masks again
-        try:
-            since = current_seq()
-            with enable_grad():
-                args, holders = call.rebuild(arrays, needs, replay=True)
-                flat: list[Tensor] = []
-                _flatten(fn(*args), flat)
-        finally:
-            random.set_state(current)
+        since = current_seq()
+        # the same masks again, from the forward's starting state; the shared generator and
+        # other threads' draws are left alone
+        with enable_grad(), random.drawing_from(random.generator_at(rng_state)):
+            args, holders = call.rebuild(arrays, needs, replay=True)
+            flat: list[Tensor] = []
+            _flatten(fn(*args), flat)
         run_backward(flat, list(gs), since=since)
         # leaf arguments were replayed as themselves: their gradients are in place already
         return tuple(h[0] if h else None for h in holders)

@@ -12,6 +12,7 @@ happens here, once, for every primitive.
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 import operator
 from contextvars import ContextVar, Token
@@ -106,20 +107,22 @@ def port(t: Tensor) -> Any:
 
 # ----------------------------------------------------------------------------- grad mode
 class _ModeSwitch:
-    """Sets mode bits on enter and restores the previous mode on exit (nests, reentrant)."""
+    """Sets mode bits on enter and restores the previous mode on exit (nests, reentrant, and
+    one object may be entered by several threads at once: each keeps its own stack)."""
 
     def __init__(self) -> None:
-        self._tokens: list[Token[int]] = []
+        self._tokens = threading.local()
 
     def _new_mode(self, m: int) -> int:
         raise NotImplementedError
 
     def __enter__(self) -> Any:
-        self._tokens.append(_MODE.set(self._new_mode(_MODE.get())))
+        stack = self._tokens.__dict__.setdefault("stack", [])
+        stack.append(_MODE.set(self._new_mode(_MODE.get())))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _MODE.reset(self._tokens.pop())
+        _MODE.reset(self._tokens.stack.pop())
 
 
 class no_grad(_ModeSwitch):
@@ -140,6 +143,31 @@ class no_grad(_ModeSwitch):
         return m & ~GRAD
 
     def __call__(self, func: F) -> F:
+        if inspect.isgeneratorfunction(func):  # the mode must hold while the body runs, which
+            @functools.wraps(func)             # is at each next()/send(), not at the call
+            def generator(*args: Any, **kwargs: Any) -> Any:
+                gen = func(*args, **kwargs)
+                try:
+                    with type(self)():
+                        request = next(gen)
+                    while True:
+                        try:
+                            response = yield request
+                        except GeneratorExit:
+                            with type(self)():
+                                gen.close()
+                            raise
+                        except BaseException as e:  # noqa: BLE001 - thrown in: pass it on
+                            with type(self)():
+                                request = gen.throw(e)
+                        else:
+                            with type(self)():
+                                request = gen.send(response)
+                except StopIteration as stop:
+                    return stop.value
+
+            return generator  # type: ignore[return-value]
+
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             with type(self)():

@@ -20,12 +20,40 @@ def manual_seed(seed: int) -> None:
 _WATCH: ContextVar[Callable[[], None] | None] = ContextVar("tinygrad_rnn_draw", default=None)
 
 
+# a generator of this thread/task's own, used instead of the shared one (see `drawing_from`)
+_OWN: ContextVar[np.random.Generator | None] = ContextVar("tinygrad_rnn_own_rng", default=None)
+
+
 def rng() -> np.random.Generator:
     """The current generator (replaced by `manual_seed`, so fetch it at each use)."""
     w = _WATCH.get()
     if w is not None:
         w()
-    return _rng
+    own = _OWN.get()
+    return _rng if own is None else own
+
+
+def generator_at(state: dict) -> np.random.Generator:
+    """A new generator, independent of the shared one, starting from `state` (get_state's)."""
+    g = np.random.Generator(type(_rng.bit_generator)())
+    g.bit_generator.state = state
+    return g
+
+
+class drawing_from:
+    """Within the block, this thread's draws come from `gen`, and the shared generator is
+    neither read nor moved (how a checkpointed segment repeats its dropout masks while other
+    threads draw)."""
+
+    def __init__(self, gen: np.random.Generator) -> None:
+        self.gen = gen
+
+    def __enter__(self) -> np.random.Generator:
+        self._token = _OWN.set(self.gen)
+        return self.gen
+
+    def __exit__(self, *exc: object) -> None:
+        _OWN.reset(self._token)
 
 
 def watch(callback: Callable[[], None] | None) -> Token[Callable[[], None] | None]:
@@ -37,10 +65,33 @@ def unwatch(token: Token[Callable[[], None] | None]) -> None:
     _WATCH.reset(token)
 
 
+def shield() -> Token[np.random.Generator | None]:
+    """Open a scope (closed by `unshield(token)`) in which `draw_from_copy` can move this
+    thread's draws to a private copy of the generator."""
+    return _OWN.set(_OWN.get())
+
+
+def unshield(token: Token[np.random.Generator | None]) -> None:
+    _OWN.reset(token)
+
+
+def draw_from_copy() -> None:
+    """From now until the scope's end, this thread draws from a copy of the current generator,
+    which leaves the shared one as it is (for a watcher: the scan's tracer)."""
+    if _OWN.get() is None:
+        _OWN.set(generator_at(rng_quiet().bit_generator.state))
+
+
 def get_state() -> dict:
-    """A snapshot of the generator's state (checkpointing replays dropout masks with it)."""
-    return _rng.bit_generator.state
+    """A snapshot of the current generator's state (checkpointing replays dropout masks with it)."""
+    return rng_quiet().bit_generator.state
 
 
 def set_state(state: dict) -> None:
-    _rng.bit_generator.state = state
+    rng_quiet().bit_generator.state = state
+
+
+def rng_quiet() -> np.random.Generator:
+    """The current generator, without telling a watcher (snapshots are not draws)."""
+    own = _OWN.get()
+    return _rng if own is None else own

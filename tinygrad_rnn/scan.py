@@ -310,12 +310,16 @@ def trace_step(step: Callable[..., Any], x_parts: list[np.ndarray], x_needs: lis
     spec = _flatten(state, flat)
     leaves = [tracer.placeholder(t.data, "s", t._requires_grad) for t in flat]
     token_t, token_m = TRACER.set(tracer), _MODE.set((_MODE.get() & ~GRAD) | TRACE)
-    watch = _random.watch(lambda: tracer.fail("it draws random numbers (dropout?), which "
-                                              "must differ from step to step"))
+    def drew() -> None:  # the draws of a traced step must not move the real generator
+        tracer.fail("it draws random numbers (dropout?), which must differ from step to step")
+        _random.draw_from_copy()
+
+    shield, watch = _random.shield(), _random.watch(drew)
     try:
         y, new_state = step(tuple(xs) if tuple_x else xs[0], _unflatten(spec, leaves))
     finally:
         _random.unwatch(watch)
+        _random.unshield(shield)
         _MODE.reset(token_m)
         TRACER.reset(token_t)
     if tracer.failure is not None:
@@ -1336,7 +1340,6 @@ def prepare(cell: Any, step: Callable[..., Any], xp: Any, state: Any) -> Plan | 
     if T < 2 or TRACER.get() is not None:  # nested in a traced step: the outer trace records it
         return None
     from .errors import DTypeError, GraphError, ShapeError
-    rng_state = _random.get_state()  # the traced steps' draws must not shift the real ones
     try:
         tuple_x = isinstance(xp, (tuple, list))
         parts = list(xp) if tuple_x else [xp]
@@ -1360,8 +1363,6 @@ def prepare(cell: Any, step: Callable[..., Any], xp: Any, state: Any) -> Plan | 
         pass  # a genuine error of the call: the per-op run raises it where it belongs
     except Exception as e:  # noqa: BLE001 - whatever tracing broke, the per-op tape is right
         _warn(cell, f"tracing its step raised {type(e).__name__}: {e}")
-    finally:
-        _random.set_state(rng_state)
     return None
 
 
