@@ -159,3 +159,59 @@ def test_no_grad_on_a_generator_function_covers_its_body() -> None:
     assert next(c) is False
     assert c.throw(KeyError("x")) is False
     c.close()
+
+
+# ----------------------------------------------------------------------------- errors that say
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: tg.nn.LSTM(4, 3)(np.zeros((0, 2, 4), np.float32)), tg.errors.ShapeError,
+     r"LSTM: the input \(0, 2, 4\) has no time steps"),
+    (lambda: tg.nn.GRU(4, 3, batch_first=True)(np.zeros((2, 0, 4), np.float32)),
+     tg.errors.ShapeError, "GRU: the input .* has no time steps"),
+    (lambda: tg.nn.unroll(lambda x, h: (x, x), np.zeros((0, 2, 3))), tg.errors.ShapeError,
+     "unroll: xs has no time steps"),
+    (lambda: tg.nn.LSTM(4, 0), ValueError, "LSTM: hidden_size must be an int >= 1, got 0"),
+    (lambda: tg.nn.LSTM(4, -3), ValueError, "hidden_size must be an int >= 1, got -3"),
+    (lambda: tg.nn.RNNCell(-1, 3), ValueError, "RNNCell: input_size must be an int >= 0"),
+    (lambda: tg.nn.GRUCell(4, 2.5), ValueError, "GRUCell: hidden_size must be an int"),
+    (lambda: tg.bptt.train_truncated(tg.nn.RNN(2, 3), np.zeros((0, 1, 2), np.float32),
+                                     np.zeros((0, 1, 3), np.float32), F.mse_loss,
+                                     tg.optim.SGD(tg.nn.RNN(2, 3).parameters(), lr=0.1), k1=2),
+     tg.errors.ShapeError, "train_truncated: the sequence has no time steps"),
+])
+def test_bad_arguments_name_the_call_and_what_is_allowed(call: Callable[[], Any], error: type,
+                                                         match: str) -> None:
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_a_primitive_whose_backward_returns_too_few_gradients_is_an_error() -> None:
+    class Half(tg.Primitive):
+        name = "half_of_a_sum"
+
+        @staticmethod
+        def forward(a, b):
+            return a + b, None
+
+        @staticmethod
+        def backward(g, saved, needs):
+            return (g,)  # one gradient for two inputs
+
+    a = tg.Tensor(np.ones(3), requires_grad=True)
+    b = tg.Tensor(np.ones(3), requires_grad=True)
+    with pytest.raises(tg.errors.GraphError, match="half_of_a_sum: backward returned 1 "
+                                                   "gradients for 2 inputs"):
+        Half.apply(a, b).sum().backward()
+
+
+def test_a_checkpointed_function_that_returns_less_on_replay_is_an_error() -> None:
+    calls = []
+
+    def fickle(x: tg.Tensor) -> Any:
+        calls.append(1)
+        return (x * 2.0, x * 3.0) if len(calls) == 1 else (x * 2.0,)
+
+    x = tg.Tensor(np.ones(3), requires_grad=True)
+    a, b = tg.checkpoint(fickle, x)
+    with pytest.raises(tg.errors.GraphError, match="checkpoint: fn returned 1 tensors when "
+                                                   "recomputed for backward but 2"):
+        (a + b).sum().backward()

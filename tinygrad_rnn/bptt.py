@@ -87,6 +87,9 @@ def train_truncated(model: Callable[..., Any], xs: Any, ys: Any,
                          "(and which may already be freed). Pass tg.detach(state) instead.")
     axis = 1 if batch_first else 0
     T = _length(xs, axis, "train_truncated")
+    if T == 0:
+        raise ShapeError(f"train_truncated: the sequence has no time steps (axis {axis} of xs "
+                         f"is empty); there is nothing to train on")
     if _length(ys, axis, "train_truncated") != T:
         raise ShapeError(f"train_truncated: xs and ys differ in length along the time axis "
                          f"{axis}")

@@ -11,7 +11,7 @@ from .engine import (
     ANOMALY, GRAD, UNSUMMED, Node, current_seq, enable_grad, get_mode, port, run_backward,
     user_source_line,
 )
-from .errors import ShapeError
+from .errors import GraphError, ShapeError
 from .primitive import TRACER, Primitive, register
 from .tensor import Tensor
 
@@ -76,14 +76,19 @@ class Checkpoint(Primitive):
 
     @staticmethod
     def backward(gs, saved, needs):
-        fn, call, arrays, rng_state, _, _ = saved
+        fn, call, arrays, rng_state, spec, _ = saved
         since = current_seq()
         # the same masks again, from the forward's starting state; the shared generator and
         # other threads' draws are left alone
         with enable_grad(), random.drawing_from(random.generator_at(rng_state)):
             args, holders = call.rebuild(arrays, needs, replay=True)
             flat: list[Tensor] = []
-            _flatten(fn(*args), flat)
+            again = _flatten(fn(*args), flat)
+        if again != spec:
+            raise GraphError(f"checkpoint: fn returned {len(flat)} tensors when recomputed for "
+                             f"backward but {len(gs)} when first run (or another structure); "
+                             f"it must compute the same thing both times (no Python state "
+                             f"that changes between calls)")
         run_backward(flat, list(gs), since=since)
         # leaf arguments were replayed as themselves: their gradients are in place already
         return tuple(h[0] if h else None for h in holders)

@@ -542,6 +542,10 @@ def _replay(nodes: list[Node], retain_graph: bool) -> None:
         op = n.op
         if g is not None:
             grads_in = op.backward(g, n.saved, n.needs)  # type: ignore[union-attr]
+            if len(grads_in) != len(n.inputs):
+                raise GraphError(f"{op.name}: backward returned {len(grads_in)} gradients for "  # type: ignore[union-attr]
+                                 f"{len(n.inputs)} inputs; return one per input (None where "
+                                 f"an input needs none)")
             if anomaly:
                 check_finite(op.name, "gradient",  # type: ignore[union-attr]
                              [x.value() if type(x) is Deferred else

@@ -62,6 +62,9 @@ def unroll(cell: Callable[..., Any], xs: Any, state: State = None, batch_first: 
         raise ShapeError(f"unroll: xs must have a time and a batch axis, got shape {xs.shape}")
     if batch_first:
         xs = ops.swapaxes(xs, 0, 1)
+    if xs.shape[0] == 0:
+        raise ShapeError(f"unroll: xs has no time steps (shape {xs.shape}); a sequence needs at "
+                         f"least one")
     if state is None and hasattr(cell, "initial_state"):
         state = cell.initial_state(xs.shape[1])
     seq: Any = xs
@@ -195,6 +198,12 @@ def _unpack(x: PackedSequence, lengths: Any, who: str) -> tuple[Tensor, np.ndarr
 
 
 # ----------------------------------------------------------------------------- built-in cells
+def _check_sizes(who: str, input_size: Any, hidden_size: Any) -> None:
+    for name, n, least in (("input_size", input_size, 0), ("hidden_size", hidden_size, 1)):
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < least:
+            raise ValueError(f"{who}: {name} must be an int >= {least}, got {n!r}")
+
+
 def _uniform(shape: tuple[int, ...], bound: float, dtype: Any) -> Parameter:
     return Parameter(rng().uniform(-bound, bound, size=shape).astype(dtype))
 
@@ -207,6 +216,7 @@ class _CellBase(Module):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  dtype: Any = np.float32) -> None:
         super().__init__()
+        _check_sizes(type(self).__name__, input_size, hidden_size)
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         k = 1.0 / math.sqrt(hidden_size)  # PyTorch: U(-1/sqrt(H), 1/sqrt(H)) for every weight
         gh = self.gates * hidden_size
@@ -360,6 +370,7 @@ class _RNNBase(Module):
                  nonlinearity: str = "tanh", dtype: Any = np.float32,
                  checkpoint_every: int | None = None, compile: bool = True) -> None:
         super().__init__()
+        _check_sizes(type(self).__name__, input_size, hidden_size)
         if num_layers < 1:
             raise ValueError(f"{type(self).__name__}: num_layers must be >= 1, got {num_layers}")
         if not 0.0 <= dropout <= 1.0:
@@ -405,6 +416,9 @@ class _RNNBase(Module):
             layout = "(B, T" if self.batch_first else "(T, B"
             raise ShapeError(f"{name}: expected input of shape {layout}, {self.input_size}) or "
                              f"(T, {self.input_size}), got {x.shape}")
+        if x.shape[1 if self.batch_first and x.ndim == 3 else 0] == 0:
+            raise ShapeError(f"{name}: the input {x.shape} has no time steps; a sequence needs "
+                             f"at least one")
 
     def _check_unbatched_state(self, state: Any) -> None:
         want = (len(self._cells), self.hidden_size)
