@@ -1,13 +1,13 @@
 """Layers (`tg.nn`): modules, the built-in cells and sequence layers, and `unroll` for custom
 cells. Names, shapes, gate order and initialisation follow PyTorch."""
 
-from . import functional, utils
+from . import functional, init, utils
 from .layers import AdditiveAttention, DotProductAttention, Dropout, Embedding, LayerNorm, Linear
-from .module import Module, ModuleList, Parameter
+from .module import Module, ModuleDict, ModuleList, Parameter, Sequential
 from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, Recurrent, RNNCell, unroll
 
 __all__ = [
     "AdditiveAttention", "DotProductAttention", "Dropout", "Embedding", "GRU", "GRUCell",
-    "LSTM", "LSTMCell", "LayerNorm", "Linear", "Module", "ModuleList", "Parameter", "RNN",
-    "RNNCell", "Recurrent", "functional", "unroll", "utils",
+    "LSTM", "LSTMCell", "LayerNorm", "Linear", "Module", "ModuleDict", "ModuleList", "Parameter",
+    "RNN", "RNNCell", "Recurrent", "Sequential", "functional", "init", "unroll", "utils",
 ]
