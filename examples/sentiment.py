@@ -7,8 +7,9 @@ Data: 10,605 sentences from movie reviews (Pang & Lee), each with the mean ratin
 in [-4, 4] (Hutto & Gilbert 2014), bundled with the package. Sentences rated exactly 0 are
 dropped; rating > 0 is positive. A seeded split gives train / validation / test (70 / 10 / 20).
 Words are lowercased, the most frequent training words form the vocabulary (others map to
-<unk>), and a batch is padded to its longest sentence with `padding_idx`; the classifier reads
-the LSTM output at each sentence's last real word, so padding never reaches the prediction.
+<unk>), and a batch is padded to its longest sentence with `padding_idx`; the LSTM runs over each
+sentence's own length (`lengths=`), so padding never reaches the prediction, also with
+`--bidirectional`, whose backward direction starts at each sentence's last word.
 
 Both models are trained on the same sentences, pick their epoch by validation accuracy, and are
 scored once on the test set. The last line printed is `RESULT {json}`.
@@ -93,18 +94,23 @@ def bag_of_words(seqs: Sequence[list[int]], vocab_size: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- models
 class LSTMClassifier(nn.Module):
-    """Embedding (padding_idx) -> dropout -> LSTM -> output at the last real word -> logit."""
+    """Embedding (padding_idx) -> dropout -> LSTM over each sentence's own length -> final
+    state(s) -> logit. Bidirectional: the forward state after the last word and the backward
+    state after the first, side by side."""
 
-    def __init__(self, vocab_size: int, embed: int, hidden: int, dropout: float) -> None:
+    def __init__(self, vocab_size: int, embed: int, hidden: int, dropout: float,
+                 bidirectional: bool = False) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed, padding_idx=PAD)
         self.drop = nn.Dropout(dropout)
-        self.lstm = nn.LSTM(embed, hidden)
-        self.head = nn.Linear(hidden, 1)
+        self.lstm = nn.LSTM(embed, hidden, bidirectional=bidirectional)
+        self.head = nn.Linear(hidden * (2 if bidirectional else 1), 1)
 
     def forward(self, ids: np.ndarray, lengths: np.ndarray) -> tg.Tensor:
-        h, _ = self.lstm(self.drop(self.embed(ids)))  # (T, B, H)
-        last = h[lengths - 1, np.arange(len(lengths))]  # (B, H): after each sentence's last word
+        # lengths=: each sentence's final state is the one after its own last word, and the
+        # backward direction starts there, so padding never reaches the prediction
+        _, (h_n, _) = self.lstm(self.drop(self.embed(ids)), lengths=lengths)  # (D, B, H)
+        last = tg.concat(list(tg.unbind(h_n, 0)), axis=-1)  # (B, D*H)
         return self.head(self.drop(last)).reshape(-1)  # (B,) logits
 
 
@@ -129,7 +135,7 @@ def train_lstm(args: argparse.Namespace, seqs: dict[str, list[list[int]]],
                ) -> tuple[LSTMClassifier, list[float], float]:
     """Adam on BCE-with-logits; returns the model at its best validation epoch, the per-batch
     losses and that validation accuracy."""
-    model = LSTMClassifier(args.vocab, args.embed, args.hidden, args.dropout)
+    model = LSTMClassifier(args.vocab, args.embed, args.hidden, args.dropout, args.bidirectional)
     opt = optim.Adam(model.parameters(), lr=args.lr)
     lengths = np.array([len(s) for s in seqs["train"]])
     n_batches = -(-len(lengths) // args.batch)
@@ -213,6 +219,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-len", type=int, help=f"words kept per sentence (default {d['max_len']})")
     p.add_argument("--dropout", type=float, help=f"dropout on embeddings and the last output "
                                                  f"(default {d['dropout']})")
+    p.add_argument("--bidirectional", action="store_true",
+                   help="a bidirectional LSTM (default: one direction)")
     p.add_argument("--bow-epochs", type=int,
                    help=f"bag-of-words epochs (default {d['bow_epochs']})")
     p.add_argument("--bow-lr", type=float, default=3e-3, help="bag-of-words Adam learning rate")
@@ -281,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"test accuracy on {len(labels['test']):,} sentences (higher is better):")
     print(f"  majority class                 {majority_acc:.3f}")
     print(f"  bag-of-words logistic regr.    {bow_acc:.3f}   (valid {bow_valid:.3f})")
-    print(f"  embedding + LSTM (this run)    {lstm_acc:.3f}   (valid {lstm_valid:.3f})")
+    kind = "BiLSTM" if args.bidirectional else "LSTM"
+    print(f"  embedding + {kind:<6} (this run)  {lstm_acc:.3f}   (valid {lstm_valid:.3f})")
     print(f"done in {seconds:.1f} s")
     result = {
         "program": "sentiment", "task": "movie-review sentence sentiment (binary)",
@@ -290,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         "loss_first": round(first, 4), "loss_last": round(last, 4),
         "seconds": round(seconds, 1), "quick": args.quick,
         "config": {k: getattr(args, k) for k in ("epochs", "vocab", "embed", "hidden", "batch",
-                                                 "lr", "max_len", "dropout", "seed")},
+                                                 "lr", "max_len", "dropout", "bidirectional",
+                                                 "seed")},
     }
     print_result(result)
     return 0
