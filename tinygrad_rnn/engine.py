@@ -198,14 +198,43 @@ class detect_anomaly(_ModeSwitch):
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+_IN_PKG: dict[Any, bool] = {}  # code object -> whether it is this package's
+
+
+class SourceLine:
+    """Where the user's code made a record: prints as 'file:line in function' (formatted only
+    when printed, so that taking it costs little)."""
+
+    __slots__ = ("code", "line")
+
+    def __init__(self, code: Any, line: int) -> None:
+        self.code, self.line = code, line
+
+    def __str__(self) -> str:
+        return f"{self.code.co_filename}:{self.line} in {self.code.co_name}"
+
+    __repr__ = __str__
+
+
+def user_line() -> SourceLine | None:
+    """The innermost caller outside this package (None if there is none)."""
+    frame: Any = sys._getframe(1)
+    in_pkg = _IN_PKG
+    while frame is not None:
+        code = frame.f_code
+        inside = in_pkg.get(code)
+        if inside is None:
+            inside = in_pkg[code] = os.path.abspath(code.co_filename).startswith(_PKG_DIR)
+        if not inside:
+            return SourceLine(code, frame.f_lineno)
+        frame = frame.f_back
+    return None
+
+
 def user_source_line() -> str:
     """'file:line in function' of the innermost caller outside this package."""
-    frame = sys._getframe(1)
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PKG_DIR):
-        frame = frame.f_back  # type: ignore[assignment]
-    if frame is None:
-        return "<unknown>"
-    return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+    where = user_line()
+    return "<unknown>" if where is None else str(where)
 
 
 def check_finite(op_name: str, what: str, arrays: Iterator[np.ndarray] | list[np.ndarray],
@@ -266,6 +295,47 @@ def _collect(seeds: list[Node], since: int) -> list[Node]:
 
 
 _seq_of = operator.attrgetter("seq")  # a C-level key: sorting 10^5 records calls it per record
+
+
+# ----------------------------------------------------------------------------- in-place writes
+# PyTorch's version counter, kept per memory owner instead of per tensor: every in-place write
+# the library makes (an optimiser step, load_state_dict, nn.init, `t.data *= 2`) notes the
+# record number (seq) it happened at; a record made before it that saved that memory refuses
+# to backpropagate. Nothing is done when a record is made, and backward looks at what a record
+# saved only if some write happened after it.
+_WRITES: dict[int, int] = {}  # id(memory owner) -> seq of its last in-place write
+_last_write = -1
+
+
+def written(a: np.ndarray) -> None:
+    """Note an in-place write into `a` (any view of its memory): records made before now that
+    saved that memory raise a GraphError at backward instead of using the changed values."""
+    global _last_write
+    _last_write = s = next(_seq)
+    _WRITES[id(a if a.base is None else a.base)] = s
+
+
+def _check_saved(n: Node) -> None:
+    """Raise if an array record n saved was written in place after n was made."""
+    stack = [n.saved]
+    while stack:
+        x = stack.pop()
+        if type(x) is tuple or type(x) is list:
+            stack.extend(x)
+        elif isinstance(x, np.ndarray):
+            w = _WRITES.get(id(x if x.base is None else x.base))
+            if w is not None and w > n.seq:
+                name = getattr(n.op, "describe_saved", None)
+                what = (name(n.saved, x) if name is not None else None) or n.op.name  # type: ignore[union-attr]
+                at = (f", recorded at {n.where}" if n.where else
+                      " (run the forward under tg.detect_anomaly() to see the line that "
+                      "recorded it)")
+                raise GraphError(
+                    f"{what}: a value of shape {x.shape} ({x.dtype}) that it saved for backward "
+                    f"was changed in place after it was recorded{at} (by an optimizer step, "
+                    f"load_state_dict, an nn.init function or an in-place write such as "
+                    f"`t.data *= 2`). Call backward before changing it, or run the forward "
+                    f"again after the change.")
 
 
 def current_seq() -> int:
@@ -522,6 +592,7 @@ def _replay(nodes: list[Node], retain_graph: bool) -> None:
     """The hot loop of backward: one iteration per record, latest first."""
     anomaly = get_mode() & ANOMALY
     pending, node_t, port_t, array_t, unsummed = _Pending, Node, Port, np.ndarray, UNSUMMED
+    last_write = _last_write
     for n in nodes:
         g = n.grad
         if n.nout is None:
@@ -541,11 +612,13 @@ def _replay(nodes: list[Node], retain_graph: bool) -> None:
                 n.retained = None
         op = n.op
         if g is not None:
+            if last_write > n.seq:  # something was written in place after this record
+                _check_saved(n)
             grads_in = op.backward(g, n.saved, n.needs)  # type: ignore[union-attr]
             if len(grads_in) != len(n.inputs):
-                raise GraphError(f"{op.name}: backward returned {len(grads_in)} gradients for "  # type: ignore[union-attr]
-                                 f"{len(n.inputs)} inputs; return one per input (None where "
-                                 f"an input needs none)")
+                raise GraphError(f"{n.op.name}: backward returned {len(grads_in)} gradients "  # type: ignore[union-attr]
+                                 f"for {len(n.inputs)} inputs; return one per input (None "
+                                 f"where an input needs none)")
             if anomaly:
                 check_finite(op.name, "gradient",  # type: ignore[union-attr]
                              [x.value() if type(x) is Deferred else

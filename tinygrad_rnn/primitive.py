@@ -34,7 +34,9 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from .engine import ANOMALY, GRAD, TRACE, Node, check_finite, get_mode, user_source_line
+from .engine import (
+    ANOMALY, GRAD, TRACE, Node, check_finite, get_mode, user_line, user_source_line,
+)
 from .errors import ShapeError
 from .tensor import Tensor
 
@@ -42,6 +44,14 @@ REGISTRY: dict[str, type[Primitive]] = {}
 TRACER: ContextVar[Any] = ContextVar("tinygrad_rnn_tracer", default=None)  # see scan.py
 _new = object.__new__
 _ndarray = np.ndarray  # a global, not a module attribute: apply reads it per operation
+
+
+def _has_parameter(ins: tuple[Any, ...]) -> bool:
+    """Whether a record's inputs include a leaf that requires grad (a parameter)."""
+    for e in ins:
+        if e._node is None and e._requires_grad:
+            return True
+    return False
 
 
 def register(cls: type[Primitive]) -> type[Primitive]:
@@ -177,7 +187,9 @@ class Primitive:
                     rt = t._ref
                     entries.append(t if rt is None else rt)
                 ins = tuple(entries)
-            where = user_source_line() if m & ANOMALY else None
+            # the user's line, for errors: always for a record with a parameter (a leaf that
+            # requires grad: what optimiser steps write into), else only under detect_anomaly
+            where = user_line() if m & ANOMALY or _has_parameter(ins) else None
             if single:
                 node = Node(cls, ins, saved, needs, None, where, out.shape, out.dtype)
             else:
@@ -187,7 +199,7 @@ class Primitive:
             check_finite(cls.name, "output", list(out) if cls.nout is None else [out], where)
         if single:  # Tensor._from_op, inlined: this runs once per operation
             t = _new(Tensor)
-            t.data = out
+            t._data = out
             t.grad = None
             t._node = t._ref = node
             t._requires_grad = node is not None

@@ -47,7 +47,7 @@ from .primitive import TRACER, Primitive
 from .tensor import Tensor
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
-_DATA = Tensor.__dict__["data"]  # the slot descriptor: _Traced reads its array through it
+_DATA = Tensor.__dict__["_data"]  # the slot descriptor: _Traced reads its array through it
 
 
 class Fallback(Exception):
@@ -1114,6 +1114,24 @@ class Scan(Primitive):
         final = fwd(T, X, S, C, p.F, p.P, ys, K, bufs, H, _checker(p, "output"))
         X = tuple(x if k else None for x, k in zip(X, lay.x_kept))
         return [ys, *final], (p, channels, K, C, T, X, bufs, probe, H)
+
+    @staticmethod
+    def describe_saved(saved: Any, a: np.ndarray) -> str:
+        """Which operation of the step saved `a` (for the error of a value changed in place)."""
+        p, _, _, C, _, _, bufs, _, _ = saved
+
+        def owner(x: Any) -> Any:
+            return x if x.base is None else x.base
+
+        for k, c in enumerate(C):
+            if isinstance(c, np.ndarray) and owner(c) is owner(a):
+                users = [f"{ins.op.name} at {ins.where}" for ins in p.instrs
+                         if p.const_slots[k] in ins.ins]
+                return f"scan (a compiled unroll; its {', '.join(users)})"
+        for ins, b in zip(p.instrs, bufs or ()):
+            if isinstance(b, np.ndarray) and owner(b) is owner(a):
+                return f"scan (a compiled unroll; the outputs of its {ins.op.name} at {ins.where})"
+        return "scan (a compiled unroll)"
 
     @staticmethod
     def backward(gs, saved, needs):

@@ -29,7 +29,7 @@ class Tensor:
     # _ref: what a record keeps for this tensor as an input (engine.port): None for a leaf
     # (the Tensor itself), the Node for a single-output result, the Port for one output of a
     # multi-output record
-    __slots__ = ("data", "grad", "_requires_grad", "_node", "_idx", "_ref")
+    __slots__ = ("_data", "grad", "_requires_grad", "_node", "_idx", "_ref")
     __array_ufunc__ = None  # `ndarray + Tensor` defers to Tensor.__radd__ instead of looping
 
     def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None) -> None:
@@ -42,18 +42,31 @@ class Tensor:
         if arr.dtype.kind not in "fiub":
             raise DTypeError(f"Tensor: unsupported dtype {arr.dtype}; use a float, integer or "
                              f"bool array")
-        self.data: np.ndarray = arr
+        self._data: np.ndarray = arr
         self.grad: np.ndarray | None = None
         self._node: engine.Node | None = None
         self._ref: engine.Node | engine.Port | None = None
         self._requires_grad = False
         self.requires_grad = requires_grad
 
+    @property
+    def data(self) -> np.ndarray:
+        """The numpy array."""
+        return self._data
+
+    @data.setter
+    def data(self, value: np.ndarray) -> None:
+        # `t.data *= 2` writes into the array and assigns it back: an in-place write that
+        # records which saved it must know of (a new array replaces, and changes nothing saved)
+        if value is self._data:
+            engine.written(value)
+        self._data = value
+
     @staticmethod
     def _from_op(out: Any, node: engine.Node | None) -> Tensor:
         """Wrap an operation's (single) result without the checks of __init__ (hot path)."""
         t = Tensor.__new__(Tensor)
-        t.data = out if type(out) is np.ndarray else np.asarray(out)
+        t._data = out if type(out) is np.ndarray else np.asarray(out)
         t.grad = None
         t._node = t._ref = node
         t._requires_grad = node is not None
@@ -66,7 +79,7 @@ class Tensor:
         new, port_t, ts = object.__new__, engine.Port, []
         for i, o in enumerate(outs):
             t = new(Tensor)
-            t.data = o = o if type(o) is np.ndarray else np.asarray(o)
+            t._data = o = o if type(o) is np.ndarray else np.asarray(o)
             t.grad = None
             t._node, t._idx = node, i
             t._requires_grad = node is not None

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engine import written
 from ..errors import DTypeError, ShapeError
 from ..random import rng
 from ..tensor import Tensor
@@ -77,6 +78,7 @@ def _fill(t: Tensor, values: Any) -> Tensor:
     # in place, so optimizers and other holders of the array see the new values; numpy casts
     # the float64 draws to the tensor's dtype
     t.data[...] = values
+    written(t.data)  # a record that saved the old values must not backpropagate with these
     return t
 
 

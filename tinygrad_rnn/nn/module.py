@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
 import numpy as np
 
+from ..engine import written
 from ..errors import DTypeError
 from ..tensor import Tensor
 
@@ -250,6 +251,7 @@ class Module:
                              + "; ".join(problems) + ". Nothing was loaded.")
         for k, v in values.items():
             np.copyto(own[k].data, v)
+            written(own[k].data)  # records that saved the old values must not backpropagate
         return IncompatibleKeys(missing, unexpected)
 
     # ------------------------------------------------------------------ printing
