@@ -236,13 +236,98 @@ def test_cross_entropy_out_of_range_target(bad):
         F.cross_entropy(tg.Tensor(np.zeros((2, 3))), np.array([0, bad]))
 
 
-def test_cross_entropy_only_accepts_2d_logits_and_matching_targets():
-    with pytest.raises(ShapeError, match=r"cross_entropy.*\(N, C\).*\(2, 3, 4\)"):
-        F.cross_entropy(tg.Tensor(np.zeros((2, 3, 4))), np.zeros((2, 4), dtype=int))
+def test_cross_entropy_target_shape_follows_the_class_axis():
+    """The class axis is 1 (PyTorch): logits (N, C, d) need targets (N, d); a (T, B, C) layout
+    with (T, B) targets is refused with the reshape hint."""
+    with pytest.raises(ShapeError, match=r"cross_entropy.*\(5, 4\).*class axis is 1.*"
+                                         r"reshape\(-1, C\).*\(5, 3\)"):
+        F.cross_entropy(tg.Tensor(np.zeros((5, 3, 4))), np.zeros((5, 3), dtype=int))
     with pytest.raises(ShapeError, match=r"cross_entropy.*\(2,\).*\(3,\)"):
         F.cross_entropy(tg.Tensor(np.zeros((2, 3))), np.zeros(3, dtype=int))
+    with pytest.raises(ShapeError, match=r"cross_entropy.*0-d"):
+        F.cross_entropy(tg.Tensor(np.zeros(())), np.zeros((), dtype=int))
     with pytest.raises(ValueError, match="cross_entropy.*reduction"):
         F.cross_entropy(tg.Tensor(np.zeros((2, 3))), np.zeros(2, dtype=int), reduction="max")
+
+
+# ----------------------------------------------------------------------------- class weights
+# Values are checked against PyTorch in test_torch_parity (fn_nll_loss_*, fn_cross_entropy_*);
+# here: central differences, the edge cases and the errors.
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", [(5, 3), (2, 3, 4), (3,)])
+def test_nll_loss_and_cross_entropy_gradcheck(reduction, shape):
+    r = _rng(21)
+    x = r.normal(size=shape)
+    t = r.integers(0, 3, size=shape[:1] + shape[2:] if len(shape) > 1 else ())
+    if t.ndim:
+        t.reshape(-1)[1] = -100
+    w = r.uniform(0.2, 2.0, size=3)
+    assert gradcheck(lambda z: F.nll_loss(z, t, weight=w, reduction=reduction), [x])
+    for smoothing in (0.0, 0.3, 1.0):
+        for weight in (None, w):
+            assert gradcheck(lambda z: F.cross_entropy(z, t, weight=weight, reduction=reduction,
+                                                       label_smoothing=smoothing), [x])
+
+
+def test_nll_loss_of_log_softmax_is_cross_entropy():
+    r = _rng(22)
+    x = r.normal(size=(6, 4))
+    t = np.array([0, 3, -100, 1, 2, 3])
+    w = r.uniform(0.2, 2.0, size=4)
+    for reduction in REDUCTIONS:
+        a = F.nll_loss(F.log_softmax(tg.Tensor(x), axis=1), t, w, reduction=reduction)
+        b = F.cross_entropy(tg.Tensor(x), t, w, reduction=reduction)
+        np.testing.assert_allclose(a.data, b.data, rtol=1e-14)
+
+
+def test_weighted_mean_divides_by_the_kept_weights():
+    """The weighted mean is sum(w[t] l) / sum(w[t]) over kept targets, not a mean over rows."""
+    x = _rng(23).normal(size=(4, 3))
+    t = np.array([0, 2, -100, 2])
+    w = np.array([0.5, 7.0, 2.0])
+    none = F.cross_entropy(tg.Tensor(x), t, weight=w, reduction="none").data
+    mean = F.cross_entropy(tg.Tensor(x), t, weight=w).item()
+    np.testing.assert_allclose(mean, none.sum() / (0.5 + 2.0 + 2.0), rtol=1e-14)
+    assert none[2] == 0.0
+
+
+def test_class_weight_edge_cases_give_nan_as_pytorch():
+    """Nothing kept: nan with zero gradients; kept targets whose weights sum to 0: nan."""
+    xt = tg.Tensor(np.ones((2, 3)), requires_grad=True)
+    out = F.nll_loss(xt, np.array([-100, -100]), weight=np.ones(3))
+    assert np.isnan(out.item())
+    out.backward()
+    np.testing.assert_array_equal(xt.grad, np.zeros((2, 3)))
+    out = F.cross_entropy(tg.Tensor(np.ones((2, 3))), np.array([1, 1]), weight=[1.0, 0.0, 1.0])
+    assert np.isnan(out.item())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_class_losses_keep_the_dtype(dtype):
+    x = tg.Tensor(_rng(24).normal(size=(4, 3)).astype(dtype), requires_grad=True)
+    t = np.array([0, 1, 2, 1])
+    w = np.array([1.0, 2.0, 0.5])  # float64 weights never upcast float32 logits
+    out = F.cross_entropy(x, t, weight=w, label_smoothing=0.1)
+    out2 = F.nll_loss(x, t, weight=tg.Tensor(w))
+    assert out.dtype == dtype and out2.dtype == dtype
+    (out + out2).backward()
+    assert x.grad.dtype == dtype
+
+
+def test_class_loss_errors():
+    x = tg.Tensor(np.zeros((2, 3)))
+    t = np.array([0, 1])
+    with pytest.raises(ShapeError, match=r"nll_loss: weight.*\(3,\).*\(2,\)"):
+        F.nll_loss(x, t, weight=np.ones(2))
+    with pytest.raises(TypeError, match="cross_entropy.*reduction='sum'"):
+        F.cross_entropy(x, t, "sum")  # the old positional reduction
+    for bad in (-0.1, 1.5, float("nan"), "0.1"):
+        with pytest.raises(ValueError, match="cross_entropy: label_smoothing.*\\[0, 1\\]"):
+            F.cross_entropy(x, t, label_smoothing=bad)
+    with pytest.raises(IndexError, match=r"nll_loss: target\[1, 0\] = 3 .*3 classes"):
+        F.nll_loss(tg.Tensor(np.zeros((2, 3, 2))), np.array([[0, 1], [3, 0]]))
+    with pytest.raises(DTypeError, match="nll_loss.*integer"):
+        F.nll_loss(x, np.array([0.0, 1.0]))
 
 
 # ----------------------------------------------------------------------------- BCE
@@ -319,6 +404,79 @@ def test_bce_with_logits_extreme_logits_finite(dtype):
 def test_bce_with_logits_never_broadcasts():
     with pytest.raises(ShapeError, match="binary_cross_entropy_with_logits"):
         F.binary_cross_entropy_with_logits(tg.Tensor(np.zeros((3, 2))), np.zeros((1, 2)))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_bce_with_logits_weights_gradcheck(reduction):
+    """pos_weight (C,) and weight (N, 1): gradients of logits and target by central differences
+    (values against PyTorch: fn_bce_with_logits_*weight*)."""
+    r = _rng(25)
+    x, t = r.normal(scale=3.0, size=(5, 3)), r.uniform(size=(5, 3))
+    pw, w = r.uniform(0.3, 3.0, size=3), r.uniform(0.1, 1.5, size=(5, 1))
+    assert gradcheck(lambda a, b: F.binary_cross_entropy_with_logits(
+        a, b, weight=w, reduction=reduction, pos_weight=pw), [x, t])
+    # pos_weight = 1 is the plain loss
+    ones = F.binary_cross_entropy_with_logits(tg.Tensor(x), t, reduction=reduction,
+                                              pos_weight=np.ones(3))
+    plain = F.binary_cross_entropy_with_logits(tg.Tensor(x), t, reduction=reduction)
+    np.testing.assert_allclose(ones.data, plain.data, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bce_with_logits_pos_weight_extreme_logits_finite(dtype):
+    x = tg.Tensor(np.array([[100.0, -100.0], [1e4, -1e4], [0.0, 0.0]], dtype=dtype),
+                  requires_grad=True)
+    t = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    out = F.binary_cross_entropy_with_logits(x, t, reduction="none", pos_weight=[2.0, 3.0])
+    assert out.dtype == dtype and np.isfinite(out.data).all()
+    out.sum().backward()
+    # d/dx = (1 + (p - 1) t) sigmoid(x) - p t, worked out by hand for each entry
+    np.testing.assert_allclose(x.grad, [[1, -3], [0, 0], [-1, 0.5]], atol=1e-7)
+    assert x.grad.dtype == dtype
+
+
+def test_bce_with_logits_weight_errors():
+    x = tg.Tensor(np.zeros((3, 2)))
+    with pytest.raises(ShapeError, match=r"pos_weight of shape \(3,\).*\(3, 2\)"):
+        F.binary_cross_entropy_with_logits(x, np.zeros((3, 2)), pos_weight=np.ones(3))
+    with pytest.raises(ShapeError, match=r"weight of shape \(2, 3, 2\) does not broadcast"):
+        F.binary_cross_entropy_with_logits(x, np.zeros((3, 2)), weight=np.ones((2, 3, 2)))
+    with pytest.raises(TypeError, match="reduction='none'"):
+        F.binary_cross_entropy_with_logits(x, np.zeros((3, 2)), "none")
+
+
+# ----------------------------------------------------------------------------- loss modules
+# Values and gradients against PyTorch: test_torch_parity (module_*loss_*).
+def test_loss_modules_call_their_functions_with_their_options():
+    r = _rng(26)
+    x, t = r.normal(size=(4, 3)), np.array([0, 2, 1, 2])
+    w = r.uniform(0.5, 2.0, size=3)
+    ce = tg.nn.CrossEntropyLoss(weight=w, ignore_index=1, reduction="sum", label_smoothing=0.2)
+    np.testing.assert_array_equal(
+        ce(tg.Tensor(x), t).data,
+        F.cross_entropy(tg.Tensor(x), t, w, 1, "sum", 0.2).data)
+    nll = tg.nn.NLLLoss(weight=list(w), reduction="none")
+    np.testing.assert_array_equal(nll(tg.Tensor(x), t).data,
+                                  F.nll_loss(tg.Tensor(x), t, w, reduction="none").data)
+    y = r.normal(size=(4, 3))
+    assert tg.nn.MSELoss(reduction="sum")(tg.Tensor(x), y).item() == \
+        F.mse_loss(tg.Tensor(x), y, reduction="sum").item()
+    bce = tg.nn.BCEWithLogitsLoss(pos_weight=w)
+    u = r.uniform(size=(4, 3))
+    assert bce(tg.Tensor(x), u).item() == \
+        F.binary_cross_entropy_with_logits(tg.Tensor(x), u, pos_weight=w).item()
+
+
+def test_loss_modules_state_and_errors():
+    ce = tg.nn.CrossEntropyLoss(weight=np.array([1.0, 2.0]))
+    assert list(ce.parameters()) == [] and list(ce.state_dict()) == ["weight"]
+    assert tg.nn.CrossEntropyLoss().state_dict() == {}
+    assert list(tg.nn.BCEWithLogitsLoss(pos_weight=np.ones(2)).state_dict()) == ["pos_weight"]
+    assert "reduction='sum'" in repr(tg.nn.MSELoss(reduction="sum"))
+    with pytest.raises(ValueError, match="MSELoss: reduction.*'avg'"):
+        tg.nn.MSELoss(reduction="avg")
+    with pytest.raises(ValueError, match="CrossEntropyLoss: label_smoothing"):
+        tg.nn.CrossEntropyLoss(label_smoothing=2.0)
 
 
 # ----------------------------------------------------------------------------- layer norm

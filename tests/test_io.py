@@ -101,6 +101,38 @@ def test_round_trip_property(tmp_path_factory, spec):
     _assert_same(state, load(path))
 
 
+def test_nested_state_is_saved_flat_with_dotted_keys(tmp_path):
+    r = np.random.default_rng(3)
+    w, m = r.normal(size=(2, 3)).astype(np.float32), r.normal(size=(2, 3)).astype(np.float32)
+    checkpoint = {
+        "model": _Module({"fc.weight": w}),  # anything with state_dict() is asked for it
+        "optimizer": {"state": {0: {"step": 3, "exp_avg": m}},
+                      "param_groups": [{"lr": 0.1, "betas": (0.9, 0.99), "amsgrad": True,
+                                        "params": [0, 1]}]},
+        "losses": [np.ones(2), tg.Tensor(np.zeros(1))],  # not all numbers: one key per item
+    }
+    save(checkpoint, tmp_path / "ck.npz")
+    flat = load(tmp_path / "ck.npz")
+    expected = {
+        "model.fc.weight": w,
+        "optimizer.state.0.step": np.array(3),
+        "optimizer.state.0.exp_avg": m,
+        "optimizer.param_groups.0.lr": np.array(0.1),
+        "optimizer.param_groups.0.betas": np.array([0.9, 0.99]),
+        "optimizer.param_groups.0.amsgrad": np.array(True),
+        "optimizer.param_groups.0.params": np.array([0, 1]),
+        "losses.0": np.ones(2),
+        "losses.1": np.zeros(1),
+    }
+    _assert_same(expected, flat)
+    assert flat["optimizer.state.0.step"].dtype.kind == "i"
+    assert tio.subdict(flat, "model") == {"fc.weight": flat["model.fc.weight"]}
+    assert sorted(tio.subdict(flat, "optimizer.param_groups.0")) == \
+        ["amsgrad", "betas", "lr", "params"]
+    with pytest.raises(KeyError, match=r"'modle\.'.*\['losses', 'model', 'optimizer'\]"):
+        tio.subdict(flat, "modle")
+
+
 # ----------------------------------------------------------------------------- atomicity
 def _old_file(tmp_path: Path) -> tuple[Path, bytes]:
     path = tmp_path / "ckpt.npz"
@@ -161,9 +193,13 @@ def test_keyboard_interrupt_mid_write_leaves_old_file(tmp_path, monkeypatch):
 @pytest.mark.parametrize("bad,match", [
     ({"w": np.ones(2), "obj": np.array([1, None], dtype=object)}, "'obj'.*numeric"),
     ({"w": np.ones(2), "s": np.array(["a", "b"])}, "'s'.*numeric"),
-    ({"w": np.ones(2), 3: np.ones(2)}, "key 3"),
+    ({"w": np.ones(2), 2.5: np.ones(2)}, "key 2.5"),
+    ({"w": np.ones(2), "n": {(1, 2): np.ones(2)}}, r"key \(1, 2\)"),
     ({"w": np.ones(2), "a\x00b": np.ones(2)}, "NUL"),
-    ({"w": np.ones(2), "lst": [1.0, 2.0]}, "'lst'.*numpy array"),
+    ({"w": np.ones(2), "lst": ["a", "b"]}, "'lst.0'.*numpy array"),
+    ({"w": np.ones(2), "opt": {"lr": None}}, "'opt.lr'.*numpy array"),
+    ({"w": np.ones(2), "big": 2**70}, "'big'.*numeric"),
+    ({"a.b": np.ones(2), "a": {"b": np.ones(2)}}, "'a.b' occurs twice"),
     ({"w": np.ones(2), "rec": np.zeros(2, dtype=[("a", "f8")])}, "'rec'"),
 ])
 def test_invalid_values_rejected_before_writing(tmp_path, bad, match):

@@ -1,4 +1,4 @@
-"""PyTorch parity: layers, losses, optimisers and clipping against fixtures recorded from torch.
+"""PyTorch parity: layers, losses, optimisers, schedulers and clipping against fixtures from torch.
 
 The fixtures in tests/fixtures/*.npz were made once by tests/fixtures/make_torch_fixtures.py (its
 docstring documents the format); torch itself is not needed here. Everything runs in float64 and
@@ -18,7 +18,7 @@ import tinygrad_rnn.nn.functional as F
 from tinygrad_rnn import nn, optim
 
 FIXTURES = Path(__file__).parent / "fixtures"
-KINDS = ("seq", "packed", "cell", "module", "fn", "optim", "clip")
+KINDS = ("seq", "packed", "cell", "module", "fn", "optim", "clip", "sched")
 TOL = {"rtol": 1e-10, "atol": 1e-10}
 
 
@@ -71,6 +71,8 @@ def _inputs(fx: Fixture) -> dict[str, Any]:
 def _build(fx: Fixture) -> nn.Module:
     """Construct the layer named by meta in float64 and load PyTorch's state dict into it."""
     kwargs = dict(fx.meta["kwargs"])
+    if fx.meta["cls"].endswith("Loss"):
+        return _build_loss(fx, kwargs)
     if isinstance(kwargs.get("normalized_shape"), list):
         kwargs["normalized_shape"] = tuple(kwargs["normalized_shape"])
     module = getattr(nn, fx.meta["cls"])(**kwargs, dtype=np.float64)
@@ -80,6 +82,18 @@ def _build(fx: Fixture) -> nn.Module:
     assert sorted(ours) == sorted(torch_state), "state_dict keys differ from PyTorch's"
     for name, value in torch_state.items():
         np.testing.assert_array_equal(np.asarray(ours[name]), value, err_msg=name)
+    return module
+
+
+def _build_loss(fx: Fixture, kwargs: dict[str, Any]) -> nn.Module:
+    """A loss module: PyTorch's buffers (weight, pos_weight) are constructor arguments, and the
+    module's state_dict() must hold exactly them, as PyTorch's."""
+    buffers = fx.group("buffer")
+    module = getattr(nn, fx.meta["cls"])(**kwargs, **{k: v.copy() for k, v in buffers.items()})
+    ours = module.state_dict()
+    assert sorted(ours) == sorted(buffers), "state_dict keys differ from PyTorch's"
+    for name, value in buffers.items():
+        np.testing.assert_array_equal(ours[name], value, err_msg=name)
     return module
 
 
@@ -183,7 +197,7 @@ def test_cell(fx: Fixture) -> None:
 
 @_cases("module")
 def test_module(fx: Fixture) -> None:
-    """nn.Linear / nn.Embedding / nn.LayerNorm: output and every gradient."""
+    """nn.Linear / nn.Embedding / nn.LayerNorm and the loss modules: output and every gradient."""
     module = _build(fx)
     inputs = _inputs(fx)
     out = module(*[inputs[name] for name in fx.meta["args"]])
@@ -206,10 +220,12 @@ def test_layer_norm_functional(fx: Fixture) -> None:
 
 @_cases("fn")
 def test_function(fx: Fixture) -> None:
-    """Losses, softmax and log_softmax: value and input gradients (random upstream)."""
+    """Losses, softmax and log_softmax: value and input gradients (random upstream). Class
+    weights and pos_weight are passed by keyword (tensor_kwargs), as Tensors."""
     inputs = _inputs(fx)
     func = getattr(F, fx.meta["func"])
-    out = func(*[inputs[name] for name in fx.meta["args"]], **fx.meta["kwargs"])
+    by_name = {name: inputs[name] for name in fx.meta.get("tensor_kwargs", [])}
+    out = func(*[inputs[name] for name in fx.meta["args"]], **by_name, **fx.meta["kwargs"])
     _check(fx, {"out": out}, inputs)
 
 
@@ -244,9 +260,9 @@ def test_optimizer_trajectory(fx: Fixture) -> None:
             _close(p.data, fx[f"steps.param.{k}"][step + 1], f"{k} after step {step}")
 
 
-@_cases("optim")
-def test_optimizer_given_gradients(fx: Fixture) -> None:
-    """Feeding torch's recorded gradients directly gives torch's parameters after every step."""
+def _given_gradients(fx: Fixture) -> Any:
+    """The optimiser after stepping with torch's recorded gradients; the parameters checked
+    against torch's after every step."""
     params = _start(fx)
     opt = _optimizer(fx, list(params.values()))
     for step in range(fx.meta["steps"]):
@@ -255,6 +271,71 @@ def test_optimizer_given_gradients(fx: Fixture) -> None:
         opt.step()
         for k, p in params.items():
             _close(p.data, fx[f"steps.param.{k}"][step + 1], f"{k} after step {step}")
+    return opt
+
+
+@_cases("optim")
+def test_optimizer_given_gradients(fx: Fixture) -> None:
+    """Feeding torch's recorded gradients directly gives torch's parameters after every step."""
+    _given_gradients(fx)
+
+
+@_cases("optim")
+def test_optimizer_state_dict(fx: Fixture) -> None:
+    """After the trajectory our state_dict() is torch's: the same state names and values per
+    parameter index, and every hyper-parameter of ours (defaults included) equal to torch's."""
+    ours = _given_gradients(fx).state_dict()
+    theirs = fx.group("state")
+    assert sorted(f"{i}.{name}" for i, s in ours["state"].items() for name in s) == \
+        sorted(theirs), "state names differ from torch's"
+    for key, expected in theirs.items():
+        i, name = key.split(".", 1)
+        np.testing.assert_allclose(ours["state"][int(i)][name], expected, **TOL, err_msg=key)
+    (group,) = ours["param_groups"]
+    assert group.pop("params") == [0, 1]
+    torch_group = fx.meta["param_group"]
+    for name, value in group.items():
+        assert name in torch_group, f"hyper-parameter {name} is not torch's"
+        expected = torch_group[name]
+        assert (list(value) if isinstance(value, tuple) else value) == expected, name
+
+
+# ----------------------------------------------------------------------------- schedulers
+
+def _scheduler(fx: Fixture) -> tuple[Any, Any]:
+    """A two-group SGD with the fixture's lrs and the scheduler named by meta on it."""
+    groups = [{"params": [nn.Parameter(np.zeros(2))], "lr": lr} for lr in fx.meta["lrs"]]
+    opt = optim.SGD(groups, lr=1.0)
+    kwargs = dict(fx.meta["kwargs"])
+    if fx.meta["scheduler"] == "LambdaLR":
+        factors = fx["in.factors"]
+        kwargs["lr_lambda"] = [lambda e, g=g: float(factors[e, g]) for g in range(len(groups))]
+    return opt, getattr(optim.lr_scheduler, fx.meta["scheduler"])(opt, **kwargs)
+
+
+@_cases("sched")
+def test_scheduler(fx: Fixture) -> None:
+    """Every group's lr after construction and after each step, get_last_lr(), last_epoch and
+    the final state_dict() (ours a subset of torch's) match torch's."""
+    opt, sched = _scheduler(fx)
+    lrs, last_epochs = [[g["lr"] for g in opt.param_groups]], [sched.last_epoch]
+    assert sched.get_last_lr() == lrs[0]
+    for epoch in range(fx.meta["epochs"]):
+        opt.step()
+        if "in.metrics" in fx.arrays:
+            sched.step(fx["in.metrics"][epoch])
+        else:
+            sched.step()
+        lrs.append([g["lr"] for g in opt.param_groups])
+        last_epochs.append(sched.last_epoch)
+        assert sched.get_last_lr() == lrs[-1]
+        assert all(type(lr) is float for lr in lrs[-1]), "a group's lr must stay a Python float"
+    _close(np.array(lrs), fx["out.lr"], "learning rates")
+    np.testing.assert_array_equal(last_epochs, fx["out.last_epoch"])
+    theirs = fx.group("state")
+    for name, value in sched.state_dict().items():
+        assert name in theirs, f"state {name} is not in torch's scheduler state_dict"
+        _close(np.array(value, dtype=np.float64), theirs[name], f"scheduler state {name}")
 
 
 # ----------------------------------------------------------------------------- clipping

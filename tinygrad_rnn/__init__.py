@@ -6,9 +6,9 @@ from .tensor import Tensor  # first: the primitives in .ops need the Tensor clas
 from .engine import detect_anomaly, enable_grad, is_grad_enabled, no_grad
 from .errors import AnomalyError, DTypeError, GraphError, ShapeError
 from .ops import (
-    abs, addcmul, chunk, clip, concat, detach, exp, gates, lerp, linear, log, logsumexp, matmul, max,
-    maximum, mean, pow, relu, reshape, sigmoid, split, sqrt, stack, sum, swapaxes, tanh, transpose,
-    unbind, where,
+    abs, addcmul, argmax, argmin, chunk, clip, concat, detach, exp, flatten, gates, lerp, linear,
+    log, logsumexp, matmul, max, maximum, mean, pow, relu, reshape, sigmoid, split, sqrt, squeeze,
+    stack, sum, swapaxes, tanh, transpose, unbind, unsqueeze, where,
 )
 from .primitive import Primitive
 from .checkpoint import checkpoint

@@ -4,6 +4,10 @@
 target with `os.replace`, so a crash or an error at any point leaves either the old file, intact,
 or the complete new one. `load` reads with `allow_pickle=False` and turns every way a file can be
 wrong (truncated, corrupt, not an npz, holding object arrays) into a `ValueError` naming the path.
+
+A nested state (an optimizer's or scheduler's state dict, or a checkpoint such as
+`{"model": model, "optimizer": opt}`) is saved flat: keys joined with '.', numbers as 0-d arrays,
+lists of numbers as 1-D arrays. `load` returns that flat dict; `subdict` picks one part back out.
 """
 
 from __future__ import annotations
@@ -18,44 +22,88 @@ import numpy as np
 
 from .tensor import Tensor
 
-__all__ = ["load", "save"]
+__all__ = ["load", "save", "subdict"]
 
 # numeric kinds only: bool, signed and unsigned integers, floats, complex
 _NUMERIC = "biufc"
 
 
 def _arrays(obj: Any) -> dict[str, np.ndarray]:
-    """The state dict of a module (anything with `state_dict()`) or a mapping, validated."""
-    if hasattr(obj, "state_dict") and callable(obj.state_dict):
-        state = obj.state_dict()
-    else:
-        state = obj
+    """The state dict of `obj` (anything with `state_dict()`, or a mapping), flattened and
+    validated: nested dicts and lists become dotted keys, numbers become 0-d arrays."""
+    state = _state_of(obj)
     if not isinstance(state, Mapping):
         raise TypeError(f"save: expected a module with state_dict() or a dict of name -> array, "
                         f"got {type(obj).__name__}")
     arrays: dict[str, np.ndarray] = {}
+    _flatten(state, "", arrays)
+    return arrays
+
+
+def _state_of(obj: Any) -> Any:
+    if hasattr(obj, "state_dict") and callable(obj.state_dict):
+        return obj.state_dict()
+    return obj
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (bool, int, float, np.generic))
+
+
+def _flatten(state: Mapping[Any, Any], prefix: str, out: dict[str, np.ndarray]) -> None:
+    """Add state's entries to out under `prefix + key`, recursing into nested state."""
     for key, value in state.items():
+        if isinstance(key, int) and not isinstance(key, bool):
+            key = str(key)  # e.g. an optimizer state's parameter indices
         if not isinstance(key, str):
-            raise TypeError(f"save: every key must be a str, got key {key!r} of type "
+            raise TypeError(f"save: every key must be a str (or an int), got key {key!r} of type "
                             f"{type(key).__name__}")
+        name = prefix + key
         try:
-            key.encode("utf-8")
+            name.encode("utf-8")
         except UnicodeEncodeError:
-            raise ValueError(f"save: key {key!r} cannot be stored (not encodable as UTF-8)") \
+            raise ValueError(f"save: key {name!r} cannot be stored (not encodable as UTF-8)") \
                 from None
-        if "\x00" in key:  # zip member names end at the first NUL
-            raise ValueError(f"save: key {key!r} contains a NUL character")
+        if "\x00" in name:  # zip member names end at the first NUL
+            raise ValueError(f"save: key {name!r} contains a NUL character")
+        value = _state_of(value)  # an optimizer, a scheduler or a module inside a checkpoint
+        if isinstance(value, Mapping):
+            _flatten(value, name + ".", out)
+            continue
+        if isinstance(value, (list, tuple)):
+            if all(_is_number(v) for v in value):
+                value = np.asarray(value)  # lr lists, betas, parameter indices
+            else:
+                _flatten(dict(enumerate(value)), name + ".", out)
+                continue
+        elif _is_number(value):
+            value = np.asarray(value)
         if isinstance(value, Tensor):
             value = value.data
-        if not isinstance(value, (np.ndarray, np.generic)):
-            raise TypeError(f"save: the value for key {key!r} must be a numpy array, got "
-                            f"{type(value).__name__}")
-        value = np.asarray(value)
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"save: the value for key {name!r} must be a numpy array, a number "
+                            f"or a dict / list of them, got {type(value).__name__}")
         if value.dtype.kind not in _NUMERIC or value.dtype.fields is not None:
-            raise TypeError(f"save: the value for key {key!r} must be a numeric array, got dtype "
-                            f"{value.dtype} (object, string and structured arrays are not saved)")
-        arrays[key] = value
-    return arrays
+            raise TypeError(f"save: the value for key {name!r} must be a numeric array, got "
+                            f"dtype {value.dtype} (object, string and structured arrays are not "
+                            f"saved)")
+        if name in out:
+            raise ValueError(f"save: key {name!r} occurs twice once nested keys are joined with "
+                             f"'.'")
+        out[name] = value
+
+
+def subdict(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The entries of a flat state dict under `prefix.`, with the prefix removed: after
+    `tg.save({"model": model, "optimizer": opt}, path)` and `ck = tg.load(path)`,
+    `model.load_state_dict(subdict(ck, "model"))` and `opt.load_state_dict(subdict(ck,
+    "optimizer"))`. A prefix with no entries raises KeyError naming the prefixes there are."""
+    head = prefix + "."
+    out = {k[len(head):]: v for k, v in state.items() if k.startswith(head)}
+    if not out:
+        there = sorted({k.split(".", 1)[0] for k in state})
+        raise KeyError(f"subdict: no keys start with {head!r}; the top-level names are {there}")
+    return out
 
 
 def _write_npz(f: IO[bytes], arrays: Mapping[str, np.ndarray]) -> None:
@@ -93,10 +141,12 @@ def _umask() -> int:
 def save(module_or_state_dict: Any, path: str | os.PathLike[str]) -> None:
     """Write a module's `state_dict()` (or a dict of name -> numeric array) to `path` as `.npz`.
 
-    The path is used exactly as given (no '.npz' is appended). Everything is validated before a
-    byte is written, and the write is atomic: temporary file in the same folder, flush + fsync,
-    then `os.replace`; on any failure the temporary file is removed and an existing file at
-    `path` is left byte-identical."""
+    Anything with `state_dict()` (module, optimizer, scheduler) and nested dicts / lists are
+    flattened to dotted keys ("optimizer.state.0.exp_avg"); numbers become 0-d arrays. The path
+    is used exactly as given (no '.npz' is appended). Everything is validated before a byte is
+    written, and the write is atomic: temporary file in the same folder, flush + fsync, then
+    `os.replace`; on any failure the temporary file is removed and an existing file at `path` is
+    left byte-identical."""
     arrays = _arrays(module_or_state_dict)
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))

@@ -1086,6 +1086,9 @@ _ACTIVATION_LOCAL = {"tanh": Tanh.local, "sigmoid": Sigmoid.local}
 
 
 # ----------------------------------------------------------------------------- functions
+from .tensor import dim_alias  # noqa: E402 - PyTorch's dim= / keepdim= on the functions below
+
+
 def _t(x: Any) -> Tensor:
     return x if isinstance(x, Tensor) else Tensor(x)
 
@@ -1187,22 +1190,51 @@ def maximum(a: Any, b: Any) -> Tensor:
     return Maximum.apply(_const(a, like), _const(b, like))
 
 
+@dim_alias
 def sum(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:  # noqa: A001
     return Sum.apply(_t(x), axis=axis, keepdims=keepdims)
 
 
+@dim_alias
 def mean(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:
     return Mean.apply(_t(x), axis=axis, keepdims=keepdims)
 
 
+@dim_alias
 def max(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:  # noqa: A001
-    """Maximum over `axis`; tied maxima share the gradient equally."""
+    """Maximum over `axis`; tied maxima share the gradient equally. Unlike torch.max(x, dim),
+    only the values (argmax gives the indices)."""
     return Max.apply(_t(x), axis=axis, keepdims=keepdims)
 
 
+@dim_alias
 def logsumexp(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:
     """log(sum(exp(x), axis)), computed stably (finite for inputs of ±1e4)."""
     return LogSumExp.apply(_t(x), axis=axis, keepdims=keepdims)
+
+
+@dim_alias
+def argmax(x: Any, axis: int | None = None, keepdims: bool = False) -> Tensor:
+    """Index of the maximum along `axis` (into the flattened tensor when None; the first one on
+    ties) as an int64 Tensor without gradient, as torch.argmax."""
+    return _arg(np.argmax, "argmax", x, axis, keepdims)
+
+
+@dim_alias
+def argmin(x: Any, axis: int | None = None, keepdims: bool = False) -> Tensor:
+    """Index of the minimum along `axis`, as argmax."""
+    return _arg(np.argmin, "argmin", x, axis, keepdims)
+
+
+def _arg(find: Any, op: str, x: Any, axis: int | None, keepdims: bool) -> Tensor:
+    t = _t(x)
+    if axis is not None:
+        axis = _norm_axis(axis, builtins.max(t.ndim, 1), op)  # a 0-d tensor has axis 0 (torch)
+    if t.data.size == 0:
+        raise ValueError(f"{op}: the tensor of shape {t.shape} is empty")
+    data = t.data.reshape(1) if t.ndim == 0 and axis is not None else t.data
+    idx = find(data, axis=axis, keepdims=keepdims)
+    return Tensor(np.asarray(idx, dtype=np.int64).reshape(() if t.ndim == 0 else np.shape(idx)))
 
 
 def _shape_args(args: tuple[Any, ...]) -> tuple[int, ...]:
@@ -1214,6 +1246,45 @@ def _shape_args(args: tuple[Any, ...]) -> tuple[int, ...]:
 def reshape(x: Any, *shape: Any) -> Tensor:
     """Same data in a new shape; one dimension may be -1. Accepts ints or one tuple."""
     return Reshape.apply(_t(x), shape=_shape_args(shape))
+
+
+def flatten(x: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+    """Merge axes start_dim..end_dim into one (torch.flatten); a 0-d tensor becomes shape (1,)."""
+    t = _t(x)
+    if t.ndim == 0:
+        return Reshape.apply(t, shape=(1,))
+    start = _norm_axis(start_dim, t.ndim, "flatten")
+    end = _norm_axis(end_dim, t.ndim, "flatten")
+    if start > end:
+        raise ShapeError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} for "
+                         f"shape {t.shape}")
+    shape = t.shape[:start] + (int(np.prod(t.shape[start:end + 1])),) + t.shape[end + 1:]
+    return Reshape.apply(t, shape=shape)
+
+
+@dim_alias
+def squeeze(x: Any, axis: Axis = None) -> Tensor:
+    """Drop size-1 axes: all of them when axis is None, else those of `axis` (an int or tuple)
+    that have size 1; the others are kept, as torch.squeeze."""
+    t = _t(x)
+    if axis is None:
+        drop = {i for i, n in enumerate(t.shape) if n == 1}
+    else:
+        axes = axis if isinstance(axis, tuple) else (axis,)
+        # a 0-d tensor accepts axis 0 or -1 and stays as it is, as torch
+        drop = {i for i in (_norm_axis(a, builtins.max(t.ndim, 1), "squeeze") for a in axes)
+                if i < t.ndim and t.shape[i] == 1}
+    if not drop:
+        return t
+    return Reshape.apply(t, shape=tuple(n for i, n in enumerate(t.shape) if i not in drop))
+
+
+@dim_alias
+def unsqueeze(x: Any, axis: int) -> Tensor:
+    """Insert an axis of size 1 at position `axis`, in [-ndim - 1, ndim] (torch.unsqueeze)."""
+    t = _t(x)
+    axis = _norm_axis(axis, t.ndim + 1, "unsqueeze")
+    return Reshape.apply(t, shape=t.shape[:axis] + (1,) + t.shape[axis:])
 
 
 def transpose(x: Any, *axes: Any) -> Tensor:
@@ -1239,6 +1310,7 @@ def swapaxes(x: Any, a: int, b: int) -> Tensor:
     return Transpose.apply(t, axes=tuple(perm))
 
 
+@dim_alias
 def concat(ts: Sequence[Any], axis: int = 0) -> Tensor:
     """Join tensors along an existing axis (one recorded op)."""
     if len(ts) == 0:
@@ -1246,6 +1318,7 @@ def concat(ts: Sequence[Any], axis: int = 0) -> Tensor:
     return Concat.apply(*[_t(t) for t in ts], axis=axis)
 
 
+@dim_alias
 def stack(ts: Sequence[Any], axis: int = 0) -> Tensor:
     """Join same-shaped tensors along a new axis (one recorded op)."""
     if len(ts) == 0:
@@ -1259,6 +1332,7 @@ def _norm_axis(axis: int, ndim: int, op: str) -> int:
     return axis % ndim
 
 
+@dim_alias
 def split(x: Any, split_size_or_sizes: int | Sequence[int], axis: int = 0) -> tuple[Tensor, ...]:
     """PyTorch's split: an int is the size of every piece (the last may be smaller), a list gives
     each piece's size. Returns a tuple; records one op."""
@@ -1280,6 +1354,7 @@ def split(x: Any, split_size_or_sizes: int | Sequence[int], axis: int = 0) -> tu
     return Split.apply(t, sizes=sizes, axis=axis)
 
 
+@dim_alias
 def chunk(x: Any, n: int, axis: int = 0) -> tuple[Tensor, ...]:
     """PyTorch's chunk: pieces of size ceil(len / n) along `axis` (so n pieces when n divides the
     length; fewer otherwise, exactly as torch.chunk). Records one op."""
@@ -1318,6 +1393,7 @@ def _check_gates(activations: Sequence[str]) -> tuple[str, ...]:
     return acts
 
 
+@dim_alias
 def unbind(x: Any, axis: int = 0) -> tuple[Tensor, ...]:
     """The slices of `x` along `axis` (each without that axis), as one recorded op."""
     t = _t(x)

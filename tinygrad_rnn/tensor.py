@@ -2,15 +2,67 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
 from . import engine
-from .errors import DTypeError, GraphError
+from .errors import DTypeError, GraphError, ShapeError
 
 Axis = int | tuple[int, ...] | None
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+_TORCH_NAMES = {"dim": "axis", "keepdim": "keepdims"}  # PyTorch's spelling -> ours
+
+
+def dim_alias(fn: _Fn) -> _Fn:
+    """Let `fn` also take PyTorch's spellings `dim=` for `axis=` and `keepdim=` for `keepdims=`.
+
+    Giving both spellings of one argument is a TypeError naming the function. The wrapper only
+    looks at its keywords when one of PyTorch's names is among them, so the usual call costs one
+    function call more."""
+    sig = inspect.signature(fn)
+    names = list(sig.parameters)
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    # alias -> (our name, its position: given positionally when more args than that are passed)
+    aliases = {alias: (ours, names.index(ours) if sig.parameters[ours].kind in positional
+                       else sys.maxsize)
+               for alias, ours in _TORCH_NAMES.items() if ours in names}
+    who = fn.__qualname__
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if kwargs and ("dim" in kwargs or "keepdim" in kwargs):
+            for alias, (ours, i) in aliases.items():
+                if alias in kwargs:
+                    if ours in kwargs or len(args) > i:
+                        raise TypeError(f"{who}: got both {ours}= and {alias}= (PyTorch's name "
+                                        f"for {ours}); give only one")
+                    kwargs[ours] = kwargs.pop(alias)
+        return fn(*args, **kwargs)
+
+    # help() and inspect show the aliases as keyword-only parameters (before any **kwargs)
+    params = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
+    params += [inspect.Parameter(alias, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                 annotation=f"{sig.parameters[ours].annotation} | None")
+               for alias, (ours, _) in aliases.items()]
+    params += [p for p in sig.parameters.values() if p.kind == p.VAR_KEYWORD]
+    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
+
+
+class _Size(int):
+    """`Tensor.size`: the number of elements, an int as numpy's `.size`, that can also be called
+    as PyTorch's `size()` -> the shape tuple and `size(d)` -> the length of axis d."""
+
+    _shape: tuple[int, ...]
+
+    def __call__(self, dim: int | None = None) -> Any:
+        if dim is None:
+            return self._shape
+        return self._shape[_norm_axis(dim, len(self._shape), "size")]
 
 
 def _default_dtype() -> Any:
@@ -140,8 +192,20 @@ class Tensor:
         return self.data.ndim
 
     @property
-    def size(self) -> int:
+    def size(self) -> _Size:
+        """The number of elements (numpy's `.size`). Also callable as PyTorch's `size()` -> shape
+        tuple and `size(d)` -> length of axis d."""
+        n = _Size(self.data.size)
+        n._shape = self.data.shape
+        return n
+
+    def numel(self) -> int:
+        """The number of elements (torch.Tensor.numel)."""
         return self.data.size
+
+    def dim(self) -> int:
+        """The number of axes, `ndim` (torch.Tensor.dim)."""
+        return self.data.ndim
 
     def numpy(self) -> np.ndarray:
         return self.data
@@ -291,22 +355,45 @@ class Tensor:
         """self + weight * (end - self), one record (torch.Tensor.lerp)."""
         return lerp(self, end, weight)
 
+    @dim_alias
     def sum(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
         return Sum.apply(self, axis=axis, keepdims=keepdims)
 
+    @dim_alias
     def mean(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
         return Mean.apply(self, axis=axis, keepdims=keepdims)
 
+    @dim_alias
     def max(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
+        """Maximum over `axis`. Unlike torch.max(dim=...), only the values: see argmax."""
         return Max.apply(self, axis=axis, keepdims=keepdims)
 
+    @dim_alias
     def logsumexp(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
         return LogSumExp.apply(self, axis=axis, keepdims=keepdims)
+
+    @dim_alias
+    def argmax(self, axis: int | None = None, keepdims: bool = False) -> Tensor:
+        """Index of the maximum along `axis` (of the flattened tensor when None): an int64
+        Tensor without gradient, as torch.argmax."""
+        return argmax(self, axis, keepdims)
+
+    @dim_alias
+    def argmin(self, axis: int | None = None, keepdims: bool = False) -> Tensor:
+        """Index of the minimum along `axis`, as argmax."""
+        return argmin(self, axis, keepdims)
 
     def reshape(self, *shape: Any) -> Tensor:
         return reshape(self, *shape)
 
-    view = reshape
+    def view(self, *shape: Any) -> Tensor:
+        """PyTorch's view, here the same as reshape: numpy returns a view when it can and a
+        copy otherwise (never an error for non-contiguous data); gradients are the same."""
+        return reshape(self, *shape)
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+        """Axes start_dim..end_dim merged into one (torch.flatten); a 0-d tensor becomes (1,)."""
+        return flatten(self, start_dim, end_dim)
 
     def transpose(self, *axes: Any) -> Tensor:
         return transpose(self, *axes)
@@ -315,12 +402,22 @@ class Tensor:
     def T(self) -> Tensor:
         return Transpose.apply(self, axes=None)
 
+    def t(self) -> Tensor:
+        """Transpose of a 2-d tensor (torch.Tensor.t); a 0-d or 1-d tensor is returned as is."""
+        if self.data.ndim > 2:
+            raise ShapeError(f"t: expects a tensor with at most 2 dims, got shape {self.shape}; "
+                             f"use swapaxes(a, b) or permute(...) instead")
+        return self if self.data.ndim < 2 else Transpose.apply(self, axes=None)
+
+    @dim_alias
     def split(self, split_size_or_sizes: int | Sequence[int], axis: int = 0) -> tuple[Tensor, ...]:
         return split(self, split_size_or_sizes, axis)
 
+    @dim_alias
     def chunk(self, n: int, axis: int = 0) -> tuple[Tensor, ...]:
         return chunk(self, n, axis)
 
+    @dim_alias
     def unbind(self, axis: int = 0) -> tuple[Tensor, ...]:
         return unbind(self, axis)
 
@@ -330,19 +427,68 @@ class Tensor:
     def permute(self, *axes: Any) -> Tensor:
         return transpose(self, *axes)
 
-    def squeeze(self, axis: int | None = None) -> Tensor:
-        shape = self.shape
-        if axis is None:
-            return reshape(self, tuple(n for n in shape if n != 1))
-        if shape[axis] != 1:
-            return self
-        return reshape(self, shape[:axis % self.ndim] + shape[axis % self.ndim + 1:])
+    @dim_alias
+    def squeeze(self, axis: Axis = None) -> Tensor:
+        """Drop the given size-1 axes (all of them when None); others are kept, as PyTorch."""
+        return squeeze(self, axis)
 
+    @dim_alias
     def unsqueeze(self, axis: int) -> Tensor:
-        shape = self.shape
-        axis = axis % (self.ndim + 1)
-        return reshape(self, shape[:axis] + (1,) + shape[axis:])
+        """Insert a size-1 axis at position `axis` (in [-ndim - 1, ndim])."""
+        return unsqueeze(self, axis)
 
+    # ------------------------------------------------------------------ PyTorch's other spellings
+    def new_zeros(self, *size: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
+        """Zeros of shape `size` (ints or one tuple) in this tensor's dtype unless `dtype` is
+        given (torch.Tensor.new_zeros)."""
+        shape = size[0] if len(size) == 1 and isinstance(size[0], (tuple, list)) else size
+        return Tensor(np.zeros(tuple(shape), dtype=self.data.dtype if dtype is None else
+                               _np_dtype(dtype, "new_zeros")), requires_grad=requires_grad)
+
+    def to(self, *args: Any, dtype: Any = None, device: Any = None) -> Tensor:
+        """PyTorch's `to(device)`, `to(dtype)`, `to(device, dtype)` or `to(other)` (its dtype).
+
+        The only device is "cpu" (numpy); another one is a RuntimeError. The same dtype returns
+        self; another dtype returns a cast copy with no history, so a tensor that requires grad
+        cannot be cast (a DTypeError: create the model in the dtype you need, `dtype=` on the
+        layers, or cast `.detach()`)."""
+        for a in args:
+            if isinstance(a, Tensor):
+                dtype = a.data.dtype
+            elif _is_device(a):
+                device = a
+            else:
+                dtype = a
+        if device is not None and str(device) != "cpu":
+            raise _no_device(device, "to")
+        dt = None if dtype is None else _np_dtype(dtype, "to")
+        if dt is None or dt == self.data.dtype:
+            return self
+        if self._requires_grad:
+            raise DTypeError(f"to: casting a tensor that requires grad from {self.data.dtype} to "
+                             f"{dt} would not be recorded; create it (or the model: dtype= on "
+                             f"the layers) in {dt}, or cast .detach()")
+        return Tensor(self.data.astype(dt))
+
+    def type(self, dtype: Any = None) -> Tensor:
+        """`type(dtype)` is `to(dtype)`. Without an argument (PyTorch's type name string) it is a
+        TypeError: read `.dtype` instead."""
+        if dtype is None:
+            raise TypeError("type: PyTorch's type-name string does not exist here; read .dtype, "
+                            "and use .to(dtype) to convert")
+        return self.to(dtype)
+
+    def cpu(self) -> Tensor:
+        """self: every tensor lives on the CPU, in numpy."""
+        return self
+
+    def cuda(self, *args: Any, **kwargs: Any) -> Tensor:
+        """Always a RuntimeError: tinygrad_rnn runs on the CPU with numpy only."""
+        raise _no_device("cuda", "cuda")
+
+    def contiguous(self) -> Tensor:
+        """self (as PyTorch on a contiguous tensor): numpy handles any memory layout."""
+        return self
 
 def _data(x: Any) -> Any:
     return x.data if isinstance(x, Tensor) else x
@@ -359,6 +505,29 @@ def _const(x: Any, like: Tensor) -> Tensor:
     return Tensor(x)
 
 
+def _np_dtype(dtype: Any, op: str) -> np.dtype:
+    """A numpy dtype from a numpy dtype, a name ("float64") or a torch dtype (by its name)."""
+    name = str(dtype)
+    if name.startswith("torch."):  # torch.float64 -> "float64", without importing torch
+        dtype = name[len("torch."):]
+    try:
+        return np.dtype(dtype)
+    except TypeError:
+        raise DTypeError(f"{op}: {dtype!r} is not a dtype; use a numpy dtype such as np.float64 "
+                         f"or its name") from None
+
+
+def _is_device(x: Any) -> bool:
+    name = str(x)
+    return name.split(":")[0] in ("cpu", "cuda", "mps", "xpu", "meta") or \
+        type(x).__name__ == "device"
+
+
+def _no_device(device: Any, op: str) -> RuntimeError:
+    return RuntimeError(f"{op}: device {str(device)!r} is not available; tinygrad_rnn runs on "
+                        f"the CPU with numpy only (use 'cpu', or leave the device out)")
+
+
 def _index(index: Any) -> Any:
     """Turn Tensors and lists inside an index into numpy arrays (numpy indexing semantics)."""
     if isinstance(index, tuple):
@@ -373,6 +542,6 @@ def _index(index: Any) -> Any:
 # the primitives need Tensor, so they are imported after it is defined
 from .ops import (  # noqa: E402
     Abs, Add, Div, Exp, GetItem, Log, LogSumExp, MatMul, Max, Mean, Mul, Neg, Relu, Sigmoid,
-    Sqrt, Sub, Sum, Tanh, Transpose, addcmul, chunk, clip, exp, lerp, maximum, pow, reshape, split,
-    swapaxes, transpose, unbind,
+    Sqrt, Sub, Sum, Tanh, Transpose, _norm_axis, addcmul, argmax, argmin, chunk, clip, exp,
+    flatten, lerp, maximum, pow, reshape, split, squeeze, swapaxes, transpose, unbind, unsqueeze,
 )

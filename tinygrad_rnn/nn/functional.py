@@ -16,18 +16,20 @@ from .. import ops
 from ..errors import DTypeError, ShapeError
 from ..ops import relu, sigmoid, tanh
 from ..random import rng
-from ..tensor import Tensor
+from ..tensor import Tensor, dim_alias
 
 __all__ = [
     "binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy", "dropout",
-    "layer_norm", "linear", "log_softmax", "mse_loss", "relu", "sigmoid", "softmax", "tanh",
+    "layer_norm", "linear", "log_softmax", "mse_loss", "nll_loss", "relu", "sigmoid", "softmax",
+    "tanh",
 ]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
 
 class TargetIndexError(IndexError, ValueError):
-    """A class index outside [0, C) in `cross_entropy` (catchable as IndexError or ValueError)."""
+    """A class index outside [0, C) in `cross_entropy` or `nll_loss` (catchable as IndexError or
+    ValueError)."""
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -71,6 +73,14 @@ def _check_reduction(reduction: str, fn: str) -> None:
                          f"got {reduction!r}")
 
 
+def _check_label_smoothing(label_smoothing: Any, fn: str) -> None:
+    if isinstance(label_smoothing, bool) or \
+            not isinstance(label_smoothing, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{fn}: label_smoothing must be a number in [0, 1], got "
+                         f"{label_smoothing!r}")
+
+
 def _reduce(loss: Tensor, reduction: str) -> Tensor:
     if reduction == "mean":
         return loss.mean()
@@ -87,12 +97,14 @@ def _axis(axis: int, ndim: int, fn: str) -> int:
 
 
 # ----------------------------------------------------------------------------- activations
+@dim_alias
 def softmax(x: Any, axis: int = -1) -> Tensor:
     """exp(log_softmax(x, axis)): rows sum to 1, finite for inputs of any size."""
     x = _float_tensor(x, "softmax", "x")
     return ops.exp(log_softmax(x, _axis(axis, x.ndim, "softmax")))
 
 
+@dim_alias
 def log_softmax(x: Any, axis: int = -1) -> Tensor:
     """x - logsumexp(x, axis), stable for large inputs (never log of an underflowed softmax).
 
@@ -134,49 +146,129 @@ def mse_loss(pred: Any, target: Any, reduction: str = "mean") -> Tensor:
     return _reduce(diff * diff, reduction)
 
 
-def cross_entropy(logits: Any, target: Any, reduction: str = "mean",
-                  ignore_index: int = -100) -> Tensor:
-    """-log_softmax(logits)[n, target[n]] for logits (N, C) and integer class targets (N,).
+class _ClassTargets:
+    """Integer class targets checked against input (N, C, d1, ...) or (C,): the index that picks
+    each target's entry (ignored targets pick class 0), the mask of kept targets and, with class
+    weights, each target's weight. Shared by nll_loss and cross_entropy."""
 
-    Only 2-d logits are accepted (flatten a sequence first: `logits.reshape(-1, C)`). Targets
-    equal to `ignore_index` contribute 0 and are left out of the mean, as in PyTorch (a mean over
-    no targets is nan)."""
+    def __init__(self, x: Tensor, target: Any, weight: Any, ignore_index: int, fn: str,
+                 arg: str) -> None:
+        if x.ndim == 0:
+            raise ShapeError(f"{fn}: expected {arg} of shape (N, C, ...) or (C,), got a 0-d "
+                             f"tensor")
+        self.axis = 1 if x.ndim > 1 else 0  # the class axis, as PyTorch
+        c = self.classes = x.shape[self.axis]
+        tgt = np.asarray(target.data if isinstance(target, Tensor) else target)
+        if tgt.size == 0 and not isinstance(target, (Tensor, np.ndarray)):
+            tgt = tgt.astype(np.int64)  # an empty list: np.asarray([]) would be float
+        if tgt.dtype.kind not in "iu":
+            raise DTypeError(f"{fn}: target must hold integer class indices, got dtype "
+                             f"{tgt.dtype} (use binary_cross_entropy or mse_loss for float "
+                             f"targets)")
+        want = x.shape[:1] + x.shape[2:] if x.ndim > 1 else ()
+        if tgt.shape != want:
+            hint = (f" (the class axis is 1, as PyTorch: for {arg} (..., C) pass "
+                    f"{arg}.reshape(-1, C) and target.reshape(-1))" if x.ndim > 2 else "")
+            raise ShapeError(f"{fn}: expected target of shape {want} for {arg} {x.shape}{hint}, "
+                             f"got {tgt.shape}")
+        keep = self.keep = tgt != ignore_index
+        bad = keep & ((tgt < 0) | (tgt >= c))
+        if bad.any():
+            i = tuple(int(j) for j in np.argwhere(bad)[0])
+            at = f"target[{', '.join(map(str, i))}]" if i else "target"
+            raise TargetIndexError(f"{fn}: {at} = {int(tgt[i])} is out of range for {c} classes "
+                                   f"(expected 0 <= target < {c}, or ignore_index="
+                                   f"{ignore_index})")
+        safe = np.where(keep, tgt, 0)
+        if x.ndim == 1:
+            self.index: Any = (safe,)
+        else:  # (arange(N), target, arange(d1), ...), broadcast against each other
+            grid = np.indices(tgt.shape, sparse=True)
+            self.index = (grid[0], safe, *grid[1:])
+        self.weight = None if weight is None else _class_weights(weight, c, x.dtype, fn)
+        self.picked_weight = None if self.weight is None else self.weight[safe]
+
+    def nll(self, log_probs: Tensor) -> Tensor:
+        """-weight[t] log_probs[t] per target (target-shaped); exactly 0 where ignored."""
+        picked = log_probs[self.index]
+        w = self.picked_weight
+        loss = -picked if w is None else picked * Tensor(-w)
+        # `where`, not a multiply by the mask: ignored entries give exactly 0 even if they hold inf
+        return ops.where(self.keep, loss, 0.0)
+
+    def reduce(self, loss: Tensor, reduction: str) -> Tensor:
+        """'mean' divides by the total weight of the kept targets (their count without weights),
+        as PyTorch; no kept target gives nan with zero gradients."""
+        if reduction == "none":
+            return loss
+        total = loss.sum()
+        if reduction == "sum":
+            return total
+        if not self.keep.any():  # as PyTorch: a nan loss (0/0) whose gradients are zeros
+            return total + float("nan")
+        w = self.picked_weight
+        denom = float(self.keep.sum()) if w is None else float(w[self.keep].sum())
+        return total / denom if denom else total * float("nan")  # weights summing to 0: nan
+
+
+def _constant_weight(weight: Any, dtype: np.dtype, fn: str, arg: str) -> np.ndarray:
+    """A loss's weight as a constant array in the input's dtype: weights are not differentiated,
+    as in PyTorch. A string here is a reduction passed by position (the old signature)."""
+    if isinstance(weight, str):
+        raise TypeError(f"{fn}: {arg} must be an array, got the string {weight!r}; pass the "
+                        f"reduction by keyword: reduction={weight!r}")
+    w = np.asarray(weight.data if isinstance(weight, Tensor) else weight)
+    if w.dtype.kind not in "fiub":
+        raise DTypeError(f"{fn}: {arg} must be numeric, got dtype {w.dtype}")
+    return w.astype(dtype, copy=False)
+
+
+def _class_weights(weight: Any, c: int, dtype: np.dtype, fn: str) -> np.ndarray:
+    """Class weights as a constant (C,) array in the input's dtype."""
+    w = _constant_weight(weight, dtype, fn, "weight")
+    if w.shape != (c,):
+        raise ShapeError(f"{fn}: weight must hold one entry per class, shape ({c},), got "
+                         f"{w.shape}")
+    return w
+
+
+def nll_loss(log_probs: Any, target: Any, weight: Any = None, ignore_index: int = -100,
+             reduction: str = "mean") -> Tensor:
+    """-weight[t] log_probs[n, t] for log-probabilities (N, C) or (N, C, d1, ...) and integer
+    targets (N,) or (N, d1, ...) (also (C,) with a 0-d target), as torch's nll_loss.
+
+    Targets equal to `ignore_index` contribute 0; 'mean' divides by the summed weight of the
+    other targets (their count without `weight`). `weight` (C,) is a constant."""
+    fn = "nll_loss"
+    _check_reduction(reduction, fn)
+    x = _float_tensor(log_probs, fn, "log_probs")
+    targets = _ClassTargets(x, target, weight, ignore_index, fn, "log_probs")
+    return targets.reduce(targets.nll(x), reduction)
+
+
+def cross_entropy(logits: Any, target: Any, weight: Any = None, ignore_index: int = -100,
+                  reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
+    """nll_loss(log_softmax(logits, axis=1), ...) with PyTorch's label smoothing, for logits
+    (N, C) or (N, C, d1, ...) and integer targets (N,) or (N, d1, ...).
+
+    With smoothing e each kept target's loss is (1 - e) nll + (e / C) sum_c -weight[c]
+    log_softmax[c], and 'mean' divides both terms by the summed weight of the kept targets, as
+    torch. Targets equal to `ignore_index` contribute 0 (a mean over none is nan)."""
     fn = "cross_entropy"
     _check_reduction(reduction, fn)
-    logits = _float_tensor(logits, fn, "logits")
-    if logits.ndim != 2:
-        raise ShapeError(f"{fn}: expected logits of shape (N, C), got shape {logits.shape}; only "
-                         f"2-d logits are supported (use logits.reshape(-1, C) and "
-                         f"target.reshape(-1) for a sequence)")
-    n, c = logits.shape
-    tgt = np.asarray(target.data if isinstance(target, Tensor) else target)
-    if tgt.size == 0 and not isinstance(target, (Tensor, np.ndarray)):
-        tgt = tgt.astype(np.int64)  # an empty list: np.asarray([]) would be float
-    if tgt.dtype.kind not in "iu":
-        raise DTypeError(f"{fn}: target must hold integer class indices, got dtype {tgt.dtype} "
-                         f"(use binary_cross_entropy or mse_loss for float targets)")
-    if tgt.shape != (n,):
-        raise ShapeError(f"{fn}: expected target of shape ({n},) for logits {logits.shape}, "
-                         f"got {tgt.shape}")
-    keep = tgt != ignore_index
-    bad = keep & ((tgt < 0) | (tgt >= c))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise TargetIndexError(f"{fn}: target[{i}] = {int(tgt[i])} is out of range for {c} "
-                               f"classes (expected 0 <= target < {c}, or ignore_index="
-                               f"{ignore_index})")
-    picked = log_softmax(logits, axis=1)[np.arange(n), np.where(keep, tgt, 0)]
-    # `where`, not a multiply by the mask: ignored rows give exactly 0 even if they hold inf
-    loss = ops.where(keep, -picked, 0.0)
-    if reduction == "none":
-        return loss
-    total = loss.sum()
-    if reduction == "sum":
-        return total
-    count = int(keep.sum())
-    if count == 0:  # as PyTorch: a nan loss (0/0) whose gradients are zeros, not nan
-        return total + float("nan")
-    return total / float(count)
+    _check_label_smoothing(label_smoothing, fn)
+    x = _float_tensor(logits, fn, "logits")
+    targets = _ClassTargets(x, target, weight, ignore_index, fn, "logits")
+    log_probs = log_softmax(x, axis=targets.axis)
+    loss = targets.nll(log_probs)
+    if label_smoothing > 0:
+        w = targets.weight
+        if w is not None:  # weight[c] along the class axis
+            log_probs = log_probs * Tensor(w.reshape((-1,) + (1,) * (x.ndim - targets.axis - 1)))
+        smooth = ops.where(targets.keep, -log_probs.sum(axis=targets.axis), 0.0)
+        e = float(label_smoothing)
+        loss = loss * (1.0 - e) + smooth * (e / targets.classes)
+    return targets.reduce(loss, reduction)
 
 
 _LOG_FLOOR = -100.0  # PyTorch clamps log(p) here, so p = 0 or 1 gives a finite loss
@@ -210,17 +302,41 @@ def binary_cross_entropy(probs: Any, target: Any, reduction: str = "mean") -> Te
     return _reduce(loss, reduction)
 
 
-def binary_cross_entropy_with_logits(logits: Any, target: Any, reduction: str = "mean") -> Tensor:
+def binary_cross_entropy_with_logits(logits: Any, target: Any, weight: Any = None,
+                                     reduction: str = "mean", pos_weight: Any = None) -> Tensor:
     """BCE of sigmoid(logits) computed stably: max(x, 0) - x t + log(1 + exp(-|x|)).
 
     Finite for any finite logit; the gradient is sigmoid(x) - t everywhere (the tie rule of
-    `maximum` gives the correct 1/2 at x = 0)."""
+    `maximum` gives the correct 1/2 at x = 0). `pos_weight` p (broadcast over the last axis,
+    e.g. (C,)) weighs the positive term: (1 - t) x + (1 + (p - 1) t) softplus(-x), as torch;
+    `weight` multiplies each element's loss. Both broadcast to the logits' shape and are
+    constants (not differentiated, as PyTorch)."""
     fn = "binary_cross_entropy_with_logits"
     _check_reduction(reduction, fn)
     x = _float_tensor(logits, fn, "logits")
     t = _target(target, x, fn)
-    loss = ops.maximum(x, 0.0) - x * t + ops.log(1.0 + ops.exp(-ops.abs(x)))
+    softplus_tail = ops.log(1.0 + ops.exp(-ops.abs(x)))  # log(1 + e^-|x|)
+    if pos_weight is None:
+        loss = ops.maximum(x, 0.0) - x * t + softplus_tail
+    else:  # softplus(-x) = max(-x, 0) + log(1 + e^-|x|)
+        p = _broadcast_weight(pos_weight, x, fn, "pos_weight")
+        loss = (1.0 - t) * x + (1.0 + (p - 1.0) * t) * (ops.maximum(-x, 0.0) + softplus_tail)
+    if weight is not None:
+        loss = loss * _broadcast_weight(weight, x, fn, "weight")
     return _reduce(loss, reduction)
+
+
+def _broadcast_weight(weight: Any, like: Tensor, fn: str, arg: str) -> Tensor:
+    """A constant weight in `like`'s dtype that broadcasts to `like`'s shape without growing it."""
+    w = _constant_weight(weight, like.dtype, fn, arg)
+    try:
+        fits = np.broadcast_shapes(w.shape, like.shape) == like.shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ShapeError(f"{fn}: {arg} of shape {w.shape} does not broadcast to the logits' "
+                         f"shape {like.shape}")
+    return Tensor(w)
 
 
 # ----------------------------------------------------------------------------- layers
