@@ -215,3 +215,107 @@ def test_a_checkpointed_function_that_returns_less_on_replay_is_an_error() -> No
     with pytest.raises(tg.errors.GraphError, match="checkpoint: fn returned 1 tensors when "
                                                    "recomputed for backward but 2"):
         (a + b).sum().backward()
+
+
+# ----------------------------------------------------------------------------- in-place writes
+def _mlp() -> tuple[Any, tg.Tensor]:
+    tg.manual_seed(5)
+    l1, l2 = tg.nn.Linear(3, 4, dtype=np.float64), tg.nn.Linear(4, 2, dtype=np.float64)
+    x = tg.Tensor(rng(6).standard_normal((5, 3)))
+    return (l1, l2), (l2(l1(x).tanh()) ** 2).sum()
+
+
+def test_an_optimizer_step_between_two_backwards_is_refused() -> None:
+    """backward(retain_graph=True); opt.step(); backward() would use the new weights with the
+    old activations: a GraphError names the operation, the shape and this file's line."""
+    (l1, l2), loss = _mlp()
+    opt = tg.optim.SGD([*l1.parameters(), *l2.parameters()], lr=0.1)
+    loss.backward(retain_graph=True)
+    opt.step()
+    with pytest.raises(tg.errors.GraphError, match=r"linear: a value of shape \(2, 4\) .* changed "
+                                                   r"in place .* recorded at .*test_hostile"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("how", ["detach_data_imul", "data_imul", "init", "load_state_dict"])
+def test_a_write_into_a_saved_weight_between_forward_and_backward_is_refused(how: str) -> None:
+    (l1, l2), loss = _mlp()
+    w = l2.weight
+    if how == "detach_data_imul":
+        d = w.detach()
+        d.data *= 5
+    elif how == "data_imul":
+        w.data *= 5
+    elif how == "init":
+        tg.nn.init.zeros_(w)
+    else:
+        l2.load_state_dict({k: v * 2 for k, v in l2.state_dict().items()})
+    with pytest.raises(tg.errors.GraphError, match="changed in place"):
+        loss.backward()
+
+
+def test_assigning_a_new_array_is_not_an_in_place_write() -> None:
+    """`w.data = other` leaves the saved array as it was: backward gives the gradient of the
+    recorded forward, with no error."""
+    (l1, l2), loss = _mlp()
+    (l1b, l2b), loss_b = _mlp()
+    l2.weight.data = l2.weight.data * 5  # a new array: the record still holds the old one
+    loss.backward()
+    loss_b.backward()
+    assert np.array_equal(l1.weight.grad, l1b.weight.grad)
+
+
+def test_training_as_usual_raises_nothing() -> None:
+    """forward, backward, step, again: every write happens after the backward that needed it."""
+    (l1, l2), _ = _mlp()
+    opt = tg.optim.Adam([*l1.parameters(), *l2.parameters()], lr=0.01)
+    x = tg.Tensor(rng(7).standard_normal((5, 3)))
+    for _ in range(5):
+        opt.zero_grad()
+        (l2(l1(x).tanh()) ** 2).sum().backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("compile", [True, False])
+def test_a_weight_changed_under_a_compiled_unroll_is_refused(compile: bool) -> None:
+    """The same inside the scan: an LSTM's step saved its weights (and its outputs); a step of
+    the optimiser before backward, or `ys.data *= 2`, is a GraphError naming the scan's
+    operation and the line that ran the layer."""
+    tg.manual_seed(8)
+    lstm = tg.nn.LSTM(3, 4, dtype=np.float64, compile=compile)
+    x = rng(9).standard_normal((6, 2, 3))
+    ys, _ = lstm(x)
+    loss = (ys * ys).sum()
+    lstm.weight_hh_l0.grad = np.ones_like(lstm.weight_hh_l0.data)
+    tg.optim.SGD([lstm.weight_hh_l0], lr=0.1).step()
+    match = r"scan \(a compiled unroll; its linear at .*test_hostile" if compile else "linear"
+    with pytest.raises(tg.errors.GraphError, match=match):
+        loss.backward()
+    ys, _ = lstm(x)
+    loss = (ys * ys).sum()
+    ys.data *= 2
+    with pytest.raises(tg.errors.GraphError, match="changed in place"):
+        loss.backward()
+
+
+# ----------------------------------------------------------------------------- silent float64
+@pytest.mark.parametrize("call, what", [
+    (lambda: tg.nn.LSTM(3, 4)(np.zeros((5, 2, 3))), "input"),
+    (lambda: tg.nn.GRU(3, 4)(np.zeros((5, 2, 3), np.float32), np.zeros((1, 2, 4))), "state"),
+    (lambda: tg.nn.RNN(3, 4)(tg.Tensor(np.zeros((5, 2, 3)))), "input"),
+    (lambda: tg.nn.LSTMCell(3, 4)(np.zeros((2, 3))), "input"),
+    (lambda: tg.nn.GRUCell(3, 4)(np.zeros((2, 3), np.float32), tg.Tensor(np.zeros((2, 4)))),
+     "state"),
+])
+def test_float64_into_a_float32_layer_is_refused(call: Callable[[], Any], what: str) -> None:
+    """Numpy would promote the whole computation to float64; the layer says so instead."""
+    with pytest.raises(tg.errors.DTypeError, match=f"the {what} is float64 but the layer's "
+                                                   r"weights are float32; convert it with "
+                                                   r"\.astype\(np\.float32\)"):
+        call()
+
+
+def test_a_python_list_takes_the_layers_dtype() -> None:
+    ys, h = tg.nn.GRU(2, 3)([[[0.5, -1.0]], [[1.0, 2.0]]])
+    assert ys.dtype == np.float32 and h.dtype == np.float32
+    assert tg.nn.RNNCell(2, 3)([[0.5, -1.0]]).dtype == np.float32

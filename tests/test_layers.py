@@ -839,7 +839,7 @@ def test_checkpoint_function_gradcheck() -> None:
 # ============================================================================= bad input
 def _bad_cases() -> list[Any]:
     g = rng(0)
-    x = lambda *s: g.standard_normal(s)  # noqa: E731
+    x = lambda *s: g.standard_normal(s).astype(np.float32)  # noqa: E731  (the layers' dtype)
     lin, ln, ln2 = nn.Linear(3, 2), nn.LayerNorm(4), nn.LayerNorm((3, 4))
     cells = {k: CELLS[k](3, 4) for k in CELLS}
     layers = {k: LAYERS[k](3, 4) for k in LAYERS}
@@ -917,21 +917,22 @@ def test_bad_input_message(call: Callable[[], Any], exc: type, fragments: list[s
 
 
 def test_lstm_state_that_is_not_a_tuple() -> None:
-    h = tg.Tensor(np.zeros((2, 4)))
+    f32 = np.float32
+    h = tg.Tensor(np.zeros((2, 4), f32))
     with pytest.raises(ValueError, match=r"LSTMCell: .*tuple \(h, c\).*got Tensor"):
-        nn.LSTMCell(3, 4)(np.zeros((2, 3)), h)
-    h0 = tg.Tensor(np.zeros((1, 2, 4)))
+        nn.LSTMCell(3, 4)(np.zeros((2, 3), f32), h)
+    h0 = tg.Tensor(np.zeros((1, 2, 4), f32))
     with pytest.raises(ValueError, match=r"LSTM: .*tuple \(h_0, c_0\).*got Tensor"):
-        nn.LSTM(3, 4)(np.zeros((5, 2, 3)), h0)
+        nn.LSTM(3, 4)(np.zeros((5, 2, 3), f32), h0)
     with pytest.raises(ValueError, match=r"LSTM: .*tuple"):
-        nn.LSTM(3, 4)(np.zeros((5, 2, 3)), (h0, h0, h0))
+        nn.LSTM(3, 4)(np.zeros((5, 2, 3), f32), (h0, h0, h0))
 
 
 def test_unbatched_state_error_shows_the_shapes_the_user_passed() -> None:
     # for unbatched input (T, I) the state is (L*D, H); the message must not show the internal
     # batch axis of 1 that the layer inserts
     with pytest.raises(ValueError, match=r"RNN: expected a state of shape \(1, 4\), got \(1, 5\)"):
-        nn.RNN(3, 4)(np.zeros((5, 3)), np.zeros((1, 5)))
+        nn.RNN(3, 4)(np.zeros((5, 3), np.float32), np.zeros((1, 5), np.float32))
 
 
 def test_cross_entropy_float_target() -> None:

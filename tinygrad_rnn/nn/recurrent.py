@@ -23,7 +23,7 @@ import numpy as np
 from .. import ops
 from .. import scan
 from ..checkpoint import checkpointed_scan, checkpointed_unroll, time_slices
-from ..errors import ShapeError
+from ..errors import DTypeError, ShapeError
 from ..random import rng
 from ..tensor import Tensor
 from .module import Module, Parameter
@@ -40,6 +40,22 @@ def _as_tensor(x: Any, who: str) -> Tensor:
         raise ShapeError(f"{who}: expected a float array or Tensor as input, got dtype "
                          f"{arr.dtype}")
     return Tensor(arr)
+
+
+def _fit_dtype(x: Any, want: np.dtype, who: str, what: str) -> Any:
+    """x for a layer computing in `want`: lists and numbers are made that dtype; a float array
+    or Tensor of another dtype is refused (it would silently turn the computation into its
+    dtype, as numpy promotes); anything else is left to the caller's checks."""
+    if isinstance(x, (Tensor, np.ndarray)):
+        have = x.dtype
+        if have.kind == "f" and have != want:
+            raise DTypeError(f"{who}: the {what} is {have} but the layer's weights are {want}; "
+                             f"convert it with .astype(np.{want.name}), or the layer's "
+                             f"parameters to {have}")
+        return x
+    if isinstance(x, (list, tuple, int, float)):
+        return Tensor(np.asarray(x, dtype=want))
+    return x
 
 
 def unroll(cell: Callable[..., Any], xs: Any, state: State = None, batch_first: bool = False,
@@ -254,6 +270,7 @@ class _CellBase(Module):
         return Tensor(np.zeros(like.shape[:-1] + (self.hidden_size,), dtype=like.dtype))
 
     def _check_state(self, h: Any, xp: Tensor) -> Tensor:
+        h = _fit_dtype(h, xp.dtype, type(self).__name__, "state")
         h = h if isinstance(h, Tensor) else Tensor(np.asarray(h, dtype=xp.dtype))
         want = xp.data.shape[:-1] + (self.hidden_size,)
         if h.data.shape != want:
@@ -262,11 +279,13 @@ class _CellBase(Module):
         return h
 
     def _check_input(self, x: Any) -> Tensor:
-        x = _as_tensor(x, type(self).__name__)
+        want = self.weight_ih.dtype
+        x = _as_tensor(x if isinstance(x, (Tensor, np.ndarray)) else np.asarray(x, dtype=want),
+                       type(self).__name__)
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise ShapeError(f"{type(self).__name__}: expected input of shape (B, "
                              f"{self.input_size}) or ({self.input_size},), got {x.shape}")
-        return x
+        return _fit_dtype(x, want, type(self).__name__, "input")
 
     # b_hh joins b_ih in the projection of the whole sequence: one add and one bias-gradient
     # sum per step fewer (GRU's b_hn, which sits inside r (W_hn h + b_hn), see GRUCell).
@@ -442,6 +461,7 @@ class _RNNBase(Module):
                              f"{_describe(state)}")
         per = []
         for s in parts:
+            s = _fit_dtype(s, np.dtype(dtype), type(self).__name__, "state")
             s = s if isinstance(s, Tensor) else Tensor(np.asarray(s, dtype=dtype))
             if s.shape != want:
                 raise ShapeError(f"{type(self).__name__}: expected a state of shape {want}, "
@@ -465,8 +485,11 @@ class _RNNBase(Module):
             finally:
                 self.batch_first = first
             return repack(out, x), final
-        x = _as_tensor(x, type(self).__name__)
+        want = self._cells[0].weight_ih.dtype
+        x = _as_tensor(x if isinstance(x, (Tensor, np.ndarray)) else np.asarray(x, dtype=want),
+                       type(self).__name__)
         self._check(x)
+        x = _fit_dtype(x, want, type(self).__name__, "input")
         unbatched = x.ndim == 2
         if unbatched and lengths is not None:
             raise ShapeError(f"{type(self).__name__}: lengths= needs a batched input (T, B, "
