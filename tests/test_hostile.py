@@ -319,3 +319,55 @@ def test_a_python_list_takes_the_layers_dtype() -> None:
     ys, h = tg.nn.GRU(2, 3)([[[0.5, -1.0]], [[1.0, 2.0]]])
     assert ys.dtype == np.float32 and h.dtype == np.float32
     assert tg.nn.RNNCell(2, 3)([[0.5, -1.0]]).dtype == np.float32
+
+
+# ----------------------------------------------------------------------------- failure
+class _Flaky(tg.Primitive):
+    """Identity whose backward raises while `fail` is set."""
+
+    name = "flaky"
+    fail = [True]
+
+    @staticmethod
+    def forward(x):
+        return x.copy(), None
+
+    @staticmethod
+    def backward(g, saved, needs):
+        if _Flaky.fail[0]:
+            raise RuntimeError("flaky backward")
+        return (g,)
+
+
+def _flaky_loss(w: tg.Tensor) -> tg.Tensor:
+    b = _Flaky.apply(w * 3.0).sum()  # recorded first, so replayed after the term below
+    return b + (w * 2.0).sum()
+
+
+def test_a_backward_that_fails_half_way_leaves_the_gradients_as_they_were() -> None:
+    """w got 2 from one term before the other term's backward raised: w.grad is what it was
+    before the backward (all or nothing), and a retry says the graph was partly freed by a
+    backward that failed, naming the error."""
+    w = tg.Tensor(np.array([1.0, -2.0]), requires_grad=True)
+    w.grad = np.array([10.0, 20.0])
+    loss = _flaky_loss(w)
+    _Flaky.fail[0] = True
+    with pytest.raises(RuntimeError, match="flaky backward"):
+        loss.backward()
+    assert np.array_equal(w.grad, [10.0, 20.0])
+    _Flaky.fail[0] = False
+    with pytest.raises(tg.errors.GraphError, match=r"an earlier backward through this graph "
+                                                   r"raised RuntimeError \(flaky backward\)"):
+        loss.backward()
+
+
+def test_a_failed_backward_with_retain_graph_can_be_retried() -> None:
+    w = tg.Tensor(np.array([1.0, -2.0]), requires_grad=True)
+    loss = _flaky_loss(w)
+    _Flaky.fail[0] = True
+    with pytest.raises(RuntimeError, match="flaky backward"):
+        loss.backward(retain_graph=True)
+    assert w.grad is None
+    _Flaky.fail[0] = False
+    loss.backward()
+    assert np.array_equal(w.grad, [5.0, 5.0])

@@ -272,25 +272,29 @@ _FREED = ("backward: trying to backward through a graph a second time: its recor
           "(state = tg.detach(state)).")
 
 
-def _collect(seeds: list[Node], since: int) -> list[Node]:
+def _collect(seeds: list[Node], since: int, leaves: dict[int, Any] | None = None) -> list[Node]:
     """The tape below `seeds`: every reachable node, latest recorded first. Nodes recorded before
-    sequence number `since` belong to an enclosing graph and must not be reached."""
+    sequence number `since` belong to an enclosing graph and must not be reached. The leaf
+    inputs go into `leaves` (by id), if given."""
     seen: set[Node] = set(seeds)
     stack = list(seen)
     add, push, pop, node_t = seen.add, stack.append, stack.pop, Node  # locals: once per record
     while stack:
         n = pop()
-        if n.op is None:
-            raise GraphError(_FREED)
+        if n.op is None:  # freed: by a backward, or by one that failed (its saved says why)
+            raise GraphError(n.saved if type(n.saved) is str else _FREED)
         if since and n.seq < since:  # stop at the boundary, before reaching freed records
             raise GraphError("checkpoint: the checkpointed function uses a tensor that was "
                              "computed outside it and is not one of its arguments; pass that "
                              "tensor as an argument (leaves such as parameters are fine)")
         for t in n.inputs:
             m = t if type(t) is node_t else t._node
-            if m is not None and m not in seen:
-                add(m)
-                push(m)
+            if m is not None:
+                if m not in seen:
+                    add(m)
+                    push(m)
+            elif leaves is not None:
+                leaves[id(t)] = t
     return sorted(seen, key=_seq_of, reverse=True)
 
 
@@ -567,7 +571,14 @@ def run_backward(roots: list[Tensor], grads: list[np.ndarray | None], retain_gra
 
     Only records made at or after sequence number `since` may be replayed (see `checkpoint`)."""
     pairs = [(t, g) for t, g in zip(roots, grads) if g is not None and t._requires_grad]
-    nodes = _collect([t._node for t, _ in pairs if t._node is not None], since)
+    outermost = _Replay.depth == 0
+    leaves: dict[int, Any] | None = {id(t): t for t, _ in pairs if t._node is None} \
+        if outermost else None
+    nodes = _collect([t._node for t, _ in pairs if t._node is not None], since, leaves)
+    # the leaves' gradients as they were, to restore if this backward fails half-way (copies
+    # only of gradients that already exist, i.e. when accumulating over several backwards)
+    before = [(t, None if t.grad is None else t.grad.copy()) for t in leaves.values()] \
+        if leaves is not None else None
     _Replay.depth += 1
     ok = False
     try:
@@ -575,13 +586,23 @@ def run_backward(roots: list[Tensor], grads: list[np.ndarray | None], retain_gra
             _accumulate(t, g)
         _replay(nodes, retain_graph)
         ok = True
+    except BaseException as e:
+        if before is not None:  # all or nothing: no gradient of the failed backward stays
+            _Replay.deferred = {}
+            for t, g in before:
+                t.grad = g
+            why = (f"backward: an earlier backward through this graph raised {type(e).__name__}"
+                   f" ({e}) after freeing part of it; the gradients it had accumulated were "
+                   f"undone. Run the forward again (with retain_graph=True nothing is freed, so "
+                   f"a failed backward can be retried).")
+            for n in nodes:
+                if n.op is None and n.saved is None:
+                    n.saved = why
+        raise
     finally:
         _Replay.depth -= 1
-        if _Replay.depth == 0:
-            if ok:
-                _flush_deferred()
-            else:
-                _Replay.deferred = {}
+        if _Replay.depth == 0 and ok:
+            _flush_deferred()
         if not ok:  # leave no half-accumulated gradients behind
             for n in nodes:
                 if n.op is not None:
