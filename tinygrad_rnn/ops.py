@@ -15,7 +15,7 @@ import numpy as np
 from .engine import Deferred, Pieces
 from .errors import DTypeError, ShapeError
 from .primitive import Primitive, register
-from .tensor import Axis, Tensor, _const
+from .tensor import _NUMBERS, Axis, Tensor, _const, _numeric
 
 
 class _Elementwise(Primitive):
@@ -542,15 +542,23 @@ ONE = _Constants(1)
 # at 16k), errstate a constant 0.5-1.5 us per call. Small arrays clamp, large ones use errstate.
 # The bounds are just below the overflow point, so 1 / (1 + exp(bound)) is subnormal: below
 # -bound the two ways differ (float32: 6e-39 against 0), but no normal result depends on the
-# array's size (tested).
+# array's size (tested). float16 has no such bound: its exp overflows at 11.1, where sigmoid(-x)
+# (1.5e-5) is still far above float16's smallest values (sigmoid(-16) = 1.1e-7 is a subnormal),
+# so float16 is computed in float32 and rounded once.
 _EXP_MAX = {np.dtype(t): np.array(v, dtype=t) for t, v in
-            ((np.float16, 11.0), (np.float32, 88.0), (np.float64, 709.0))}
+            ((np.float32, 88.0), (np.float64, 709.0))}
 _CLAMP_BELOW = 2048  # elements: where the clamp's pass starts to cost more than errstate
 
 
 def _sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """1 / (1 + exp(-x)), accurate in both tails, into `out` (which may be x) or a new array;
     x is a float array with at least one axis."""
+    if x.dtype == np.float16:
+        y32 = _sigmoid(x.astype(np.float32))
+        if out is None:
+            return y32.astype(np.float16)
+        np.copyto(out, y32, casting="same_kind")
+        return out
     y = np.negative(x, out)
     if y.size < _CLAMP_BELOW:
         np.minimum(y, _EXP_MAX.get(y.dtype, 709.0), out=y)
@@ -1089,53 +1097,56 @@ _ACTIVATION_LOCAL = {"tanh": Tanh.local, "sigmoid": Sigmoid.local}
 from .tensor import dim_alias  # noqa: E402 - PyTorch's dim= / keepdim= on the functions below
 
 
-def _t(x: Any) -> Tensor:
-    return x if isinstance(x, Tensor) else Tensor(x)
+def _t(x: Any, op: str) -> Tensor:
+    """`x` as the tensor operand of `op`: arrays are wrapped, not copied (an operand is only
+    read); lists and numbers become tg.default_dtype; None or a string is a TypeError."""
+    return x if isinstance(x, Tensor) else Tensor._from_op(_numeric(x, op), None)
 
 
 def exp(x: Any) -> Tensor:
-    return Exp.apply(_t(x))
+    return Exp.apply(_t(x, "exp"))
 
 
 def log(x: Any) -> Tensor:
-    return Log.apply(_t(x))
+    return Log.apply(_t(x, "log"))
 
 
 def tanh(x: Any) -> Tensor:
-    return Tanh.apply(_t(x))
+    return Tanh.apply(_t(x, "tanh"))
 
 
 def sigmoid(x: Any) -> Tensor:
-    return Sigmoid.apply(_t(x))
+    return Sigmoid.apply(_t(x, "sigmoid"))
 
 
 def relu(x: Any) -> Tensor:
-    return Relu.apply(_t(x))
+    return Relu.apply(_t(x, "relu"))
 
 
 def sqrt(x: Any) -> Tensor:
-    return Sqrt.apply(_t(x))
+    return Sqrt.apply(_t(x, "sqrt"))
 
 
 def abs(x: Any) -> Tensor:  # noqa: A001 - mirrors np.abs / torch.abs
-    return Abs.apply(_t(x))
+    return Abs.apply(_t(x, "abs"))
 
 
 def matmul(a: Any, b: Any) -> Tensor:
-    return _t(a) @ b
+    return _t(a, "matmul") @ b
 
 
 def addcmul(x: Any, t1: Any, t2: Any, value: float = 1) -> Tensor:
     """x + value * t1 * t2, elementwise with broadcasting, as one record (torch.addcmul)."""
-    x = _t(x)
-    return Addcmul.apply(x, _const(t1, x), _const(t2, x), value=_py(value))
+    x = _t(x, "addcmul")
+    return Addcmul.apply(x, _const(t1, x, "addcmul"), _const(t2, x, "addcmul"),
+                         value=_py(_number(value, "addcmul", "value")))
 
 
 def lerp(start: Any, end: Any, weight: Any) -> Tensor:
     """start + weight * (end - start), elementwise with broadcasting, as one record (torch.lerp).
     weight may be a Tensor (differentiated) or a number."""
-    start = _t(start)
-    return Lerp.apply(start, _const(end, start), _const(weight, start))
+    start = _t(start, "lerp")
+    return Lerp.apply(start, _const(end, start, "lerp"), _const(weight, start, "lerp"))
 
 
 def linear(x: Any, weight: Any, *biases: Any, act: str | None = None) -> Tensor:
@@ -1144,11 +1155,11 @@ def linear(x: Any, weight: Any, *biases: Any, act: str | None = None) -> Tensor:
     gates = linear(h, W_hh, xp_t, b_hh). None biases are skipped. act="tanh" or "sigmoid"
     applies that activation in the same record (an RNN step: linear(h, W_hh, xp_t, act="tanh")),
     which saves the activation's own record and temporary."""
-    x = x if isinstance(x, Tensor) else _t(x)
-    args = [x, weight if isinstance(weight, Tensor) else _const(weight, x)]
+    x = x if isinstance(x, Tensor) else _t(x, "linear")
+    args = [x, weight if isinstance(weight, Tensor) else _const(weight, x, "linear")]
     for b in biases:  # a loop, not a comprehension: this runs once per time step
         if b is not None:
-            args.append(b if isinstance(b, Tensor) else _const(b, x))
+            args.append(b if isinstance(b, Tensor) else _const(b, x, "linear"))
     if act is None:
         return Linear.apply(*args)
     if act not in _ACTIVATE:
@@ -1158,9 +1169,7 @@ def linear(x: Any, weight: Any, *biases: Any, act: str | None = None) -> Tensor:
 
 def pow(x: Any, p: Any) -> Tensor:  # noqa: A001
     """x ** p for a Python number p (elementwise)."""
-    if isinstance(p, Tensor) or not np.isscalar(p) or isinstance(p, (str, bytes)):
-        raise TypeError(f"pow: the exponent must be a Python number, got {type(p).__name__}")
-    return Pow.apply(_t(x), p=_py(p))
+    return Pow.apply(_t(x, "pow"), p=_py(_number(p, "pow", "the exponent")))
 
 
 def _py(v: Any) -> Any:
@@ -1168,11 +1177,20 @@ def _py(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
+def _number(v: Any, op: str, arg: str) -> Any:
+    """`v` if it is a real number (a scalar argument of `op`), else a TypeError naming both."""
+    if not isinstance(v, _NUMBERS):
+        raise TypeError(f"{op}: {arg} must be a real number, got {type(v).__name__}")
+    return v
+
+
 def clip(x: Any, lo: float | None = None, hi: float | None = None) -> Tensor:
     """Elementwise clamp to [lo, hi]; either bound may be None."""
     if lo is None and hi is None:
         raise ValueError("clip: at least one of lo and hi must be given")
-    return Clip.apply(_t(x), lo=_py(lo), hi=_py(hi))
+    lo = None if lo is None else _py(_number(lo, "clip", "lo"))
+    hi = None if hi is None else _py(_number(hi, "clip", "hi"))
+    return Clip.apply(_t(x, "clip"), lo=lo, hi=hi)
 
 
 def where(cond: Any, a: Any, b: Any) -> Tensor:
@@ -1180,37 +1198,37 @@ def where(cond: Any, a: Any, b: Any) -> Tensor:
     c = cond if isinstance(cond, Tensor) else Tensor._from_op(np.asarray(cond), None)
     if c.dtype != np.bool_:
         raise DTypeError(f"where: cond must be a bool array, got dtype {c.dtype}")
-    like = a if isinstance(a, Tensor) else b if isinstance(b, Tensor) else Tensor(a)
-    return Where.apply(_const(a, like), _const(b, like), c)
+    like = a if isinstance(a, Tensor) else b if isinstance(b, Tensor) else _t(a, "where")
+    return Where.apply(_const(a, like, "where"), _const(b, like, "where"), c)
 
 
 def maximum(a: Any, b: Any) -> Tensor:
     """Elementwise maximum; on ties each input gets half the gradient (as PyTorch)."""
-    like = a if isinstance(a, Tensor) else _t(b)
-    return Maximum.apply(_const(a, like), _const(b, like))
+    like = a if isinstance(a, Tensor) else _t(b, "maximum")
+    return Maximum.apply(_const(a, like, "maximum"), _const(b, like, "maximum"))
 
 
 @dim_alias
 def sum(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:  # noqa: A001
-    return Sum.apply(_t(x), axis=axis, keepdims=keepdims)
+    return Sum.apply(_t(x, "sum"), axis=axis, keepdims=keepdims)
 
 
 @dim_alias
 def mean(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:
-    return Mean.apply(_t(x), axis=axis, keepdims=keepdims)
+    return Mean.apply(_t(x, "mean"), axis=axis, keepdims=keepdims)
 
 
 @dim_alias
 def max(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:  # noqa: A001
     """Maximum over `axis`; tied maxima share the gradient equally. Unlike torch.max(x, dim),
     only the values (argmax gives the indices)."""
-    return Max.apply(_t(x), axis=axis, keepdims=keepdims)
+    return Max.apply(_t(x, "max"), axis=axis, keepdims=keepdims)
 
 
 @dim_alias
 def logsumexp(x: Any, axis: Axis = None, keepdims: bool = False) -> Tensor:
     """log(sum(exp(x), axis)), computed stably (finite for inputs of ±1e4)."""
-    return LogSumExp.apply(_t(x), axis=axis, keepdims=keepdims)
+    return LogSumExp.apply(_t(x, "logsumexp"), axis=axis, keepdims=keepdims)
 
 
 @dim_alias
@@ -1227,7 +1245,7 @@ def argmin(x: Any, axis: int | None = None, keepdims: bool = False) -> Tensor:
 
 
 def _arg(find: Any, op: str, x: Any, axis: int | None, keepdims: bool) -> Tensor:
-    t = _t(x)
+    t = _t(x, op)
     if axis is not None:
         axis = _norm_axis(axis, builtins.max(t.ndim, 1), op)  # a 0-d tensor has axis 0 (torch)
     if t.data.size == 0:
@@ -1245,12 +1263,12 @@ def _shape_args(args: tuple[Any, ...]) -> tuple[int, ...]:
 
 def reshape(x: Any, *shape: Any) -> Tensor:
     """Same data in a new shape; one dimension may be -1. Accepts ints or one tuple."""
-    return Reshape.apply(_t(x), shape=_shape_args(shape))
+    return Reshape.apply(_t(x, "reshape"), shape=_shape_args(shape))
 
 
 def flatten(x: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     """Merge axes start_dim..end_dim into one (torch.flatten); a 0-d tensor becomes shape (1,)."""
-    t = _t(x)
+    t = _t(x, "flatten")
     if t.ndim == 0:
         return Reshape.apply(t, shape=(1,))
     start = _norm_axis(start_dim, t.ndim, "flatten")
@@ -1266,7 +1284,7 @@ def flatten(x: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
 def squeeze(x: Any, axis: Axis = None) -> Tensor:
     """Drop size-1 axes: all of them when axis is None, else those of `axis` (an int or tuple)
     that have size 1; the others are kept, as torch.squeeze."""
-    t = _t(x)
+    t = _t(x, "squeeze")
     if axis is None:
         drop = {i for i, n in enumerate(t.shape) if n == 1}
     else:
@@ -1282,14 +1300,14 @@ def squeeze(x: Any, axis: Axis = None) -> Tensor:
 @dim_alias
 def unsqueeze(x: Any, axis: int) -> Tensor:
     """Insert an axis of size 1 at position `axis`, in [-ndim - 1, ndim] (torch.unsqueeze)."""
-    t = _t(x)
+    t = _t(x, "unsqueeze")
     axis = _norm_axis(axis, t.ndim + 1, "unsqueeze")
     return Reshape.apply(t, shape=t.shape[:axis] + (1,) + t.shape[axis:])
 
 
 def transpose(x: Any, *axes: Any) -> Tensor:
     """Permute axes with numpy's meaning: no axes reverses them, else a permutation of all axes."""
-    t = _t(x)
+    t = _t(x, "transpose")
     perm = _shape_args(axes) or None
     if perm is not None:
         norm = tuple(a % t.ndim if -t.ndim <= a < t.ndim else a for a in perm)
@@ -1303,7 +1321,7 @@ def transpose(x: Any, *axes: Any) -> Tensor:
 
 def swapaxes(x: Any, a: int, b: int) -> Tensor:
     """Exchange two axes (PyTorch's `transpose(a, b)`)."""
-    t = _t(x)
+    t = _t(x, "swapaxes")
     perm = list(range(t.ndim))
     a, b = _norm_axis(a, t.ndim, "swapaxes"), _norm_axis(b, t.ndim, "swapaxes")
     perm[a], perm[b] = perm[b], perm[a]
@@ -1315,7 +1333,7 @@ def concat(ts: Sequence[Any], axis: int = 0) -> Tensor:
     """Join tensors along an existing axis (one recorded op)."""
     if len(ts) == 0:
         raise ValueError("concat: needs at least one tensor")
-    return Concat.apply(*[_t(t) for t in ts], axis=axis)
+    return Concat.apply(*[_t(t, "concat") for t in ts], axis=axis)
 
 
 @dim_alias
@@ -1323,7 +1341,7 @@ def stack(ts: Sequence[Any], axis: int = 0) -> Tensor:
     """Join same-shaped tensors along a new axis (one recorded op)."""
     if len(ts) == 0:
         raise ValueError("stack: needs at least one tensor")
-    return Stack.apply(*[_t(t) for t in ts], axis=axis)
+    return Stack.apply(*[_t(t, "stack") for t in ts], axis=axis)
 
 
 def _norm_axis(axis: int, ndim: int, op: str) -> int:
@@ -1336,31 +1354,41 @@ def _norm_axis(axis: int, ndim: int, op: str) -> int:
 def split(x: Any, split_size_or_sizes: int | Sequence[int], axis: int = 0) -> tuple[Tensor, ...]:
     """PyTorch's split: an int is the size of every piece (the last may be smaller), a list gives
     each piece's size. Returns a tuple; records one op."""
-    t = _t(x)
+    t = _t(x, "split")
     axis = _norm_axis(axis, t.ndim, "split")
     n = t.shape[axis]
-    if isinstance(split_size_or_sizes, (int, np.integer)):
-        size = int(split_size_or_sizes)
-        if size <= 0:
-            raise ValueError(f"split: split_size must be positive, got {size}")
-        sizes = [size] * (n // size) + ([n % size] if n % size else [])
-    else:
-        sizes = [int(s) for s in split_size_or_sizes]
-        if builtins.sum(sizes) != n or any(s < 0 for s in sizes):
+    arg = split_size_or_sizes
+    if isinstance(arg, (list, tuple, np.ndarray)):
+        sizes = [_count(s, "split", "every entry of split_size_or_sizes", 0) for s in arg]
+        if builtins.sum(sizes) != n:
             raise ShapeError(f"split: sizes {sizes} do not add up to {n}, the length of axis "
                              f"{axis} of shape {t.shape}")
+    else:
+        size = _count(arg, "split", "split_size_or_sizes", 1,
+                      " (every piece's size) or a list of ints >= 0 (each piece's size)")
+        sizes = [size] * (n // size) + ([n % size] if n % size else [])
     if not sizes:
         return ()
     return Split.apply(t, sizes=sizes, axis=axis)
+
+
+def _count(v: Any, op: str, arg: str, least: int, alternative: str = "") -> int:
+    """`v` as an int >= least (a size or a count), else an error naming op and arg: TypeError
+    for a non-int (2.5, "2", True), ValueError for one that is too small."""
+    allowed = ("a positive int" if least == 1 else f"an int >= {least}") + alternative
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{op}: {arg} must be {allowed}, got {v!r} of type {type(v).__name__}")
+    if v < least:
+        raise ValueError(f"{op}: {arg} must be {allowed}, got {v}")
+    return int(v)
 
 
 @dim_alias
 def chunk(x: Any, n: int, axis: int = 0) -> tuple[Tensor, ...]:
     """PyTorch's chunk: pieces of size ceil(len / n) along `axis` (so n pieces when n divides the
     length; fewer otherwise, exactly as torch.chunk). Records one op."""
-    t = _t(x)
-    if n <= 0:
-        raise ValueError(f"chunk: n must be positive, got {n}")
+    t = _t(x, "chunk")
+    n = _count(n, "chunk", "n (the number of chunks)", 1)
     length = t.shape[_norm_axis(axis, t.ndim, "chunk")]
     return split(t, builtins.max(-(-length // n), 1), axis)
 
@@ -1369,7 +1397,7 @@ def gates(x: Any, activations: Sequence[str]) -> tuple[Tensor, ...]:
     """Split the last axis of x into len(activations) equal chunks and apply each its activation
     ("sigmoid", "tanh", "relu" or "identity"), as one record: an LSTM's i, f, g, o =
     gates(z, ("sigmoid", "sigmoid", "tanh", "sigmoid")). Same values as chunk + activations."""
-    t = x if isinstance(x, Tensor) else _t(x)
+    t = x if isinstance(x, Tensor) else _t(x, "gates")
     try:
         known = activations in _CHECKED_GATES
     except TypeError:  # unhashable, e.g. a list: _check_gates makes it a tuple
@@ -1396,7 +1424,7 @@ def _check_gates(activations: Sequence[str]) -> tuple[str, ...]:
 @dim_alias
 def unbind(x: Any, axis: int = 0) -> tuple[Tensor, ...]:
     """The slices of `x` along `axis` (each without that axis), as one recorded op."""
-    t = _t(x)
+    t = _t(x, "unbind")
     return Unbind.apply(t, axis=_norm_axis(axis, t.ndim, "unbind"))
 
 

@@ -74,8 +74,9 @@ def _default_dtype() -> Any:
 class Tensor:
     """An n-d array that can record the operations applied to it, for reverse-mode autodiff.
 
-    `data` is the numpy array (float arrays keep their dtype; Python numbers and lists become
-    `tg.default_dtype`); `grad` is None or an array of data's shape and dtype.
+    `data` is the numpy array, a copy of the one given (float arrays keep their dtype; Python
+    numbers and lists become `tg.default_dtype`; `tg.from_numpy` shares instead); `grad` is None
+    or an array of data's shape and dtype.
     """
 
     # _ref: what a record keeps for this tensor as an input (engine.port): None for a leaf
@@ -85,16 +86,8 @@ class Tensor:
     __array_ufunc__ = None  # `ndarray + Tensor` defers to Tensor.__radd__ instead of looping
 
     def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None) -> None:
-        if isinstance(data, Tensor):
-            data = data.data
-        if isinstance(data, (np.ndarray, np.generic)):
-            arr = np.asarray(data, dtype=dtype)
-        else:
-            arr = np.asarray(data, dtype=dtype if dtype is not None else _default_dtype())
-        if arr.dtype.kind not in "fiub":
-            raise DTypeError(f"Tensor: unsupported dtype {arr.dtype}; use a float, integer or "
-                             f"bool array")
-        self._data: np.ndarray = arr
+        # a copy, as torch.tensor: an optimiser step must never write into the caller's array
+        self._data: np.ndarray = _numeric(data, "Tensor", dtype, copy=True)
         self.grad: np.ndarray | None = None
         self._node: engine.Node | None = None
         self._ref: engine.Node | engine.Port | None = None
@@ -247,55 +240,59 @@ class Tensor:
 
     __hash__ = object.__hash__  # == is elementwise, identity stays the hash (dict/set keys)
 
-    # comparisons give bool tensors (masks); they are not differentiable
-    def __eq__(self, other: Any) -> Tensor:  # type: ignore[override]
-        return Tensor(self.data == _data(other))
+    # comparisons give bool tensors (masks); they are not differentiable. == and != with a
+    # non-operand (None, a string) give Python's False / True, as PyTorch; <, <=, >, >= refuse it
+    def __eq__(self, other: Any) -> Any:
+        arr = _compared(other)
+        return NotImplemented if arr is None else Tensor._from_op(self.data == arr, None)
 
-    def __ne__(self, other: Any) -> Tensor:  # type: ignore[override]
-        return Tensor(self.data != _data(other))
+    def __ne__(self, other: Any) -> Any:
+        arr = _compared(other)
+        return NotImplemented if arr is None else Tensor._from_op(self.data != arr, None)
 
     def __lt__(self, other: Any) -> Tensor:
-        return Tensor(self.data < _data(other))
+        return Tensor._from_op(self.data < _numeric(other, "lt"), None)
 
     def __le__(self, other: Any) -> Tensor:
-        return Tensor(self.data <= _data(other))
+        return Tensor._from_op(self.data <= _numeric(other, "le"), None)
 
     def __gt__(self, other: Any) -> Tensor:
-        return Tensor(self.data > _data(other))
+        return Tensor._from_op(self.data > _numeric(other, "gt"), None)
 
     def __ge__(self, other: Any) -> Tensor:
-        return Tensor(self.data >= _data(other))
+        return Tensor._from_op(self.data >= _numeric(other, "ge"), None)
 
     # ------------------------------------------------------------------ arithmetic
     def __add__(self, other: Any) -> Tensor:
-        return Add.apply(self, other if isinstance(other, Tensor) else _const(other, self))
+        return Add.apply(self, other if isinstance(other, Tensor) else _const(other, self, "add"))
 
     def __radd__(self, other: Any) -> Tensor:
-        return Add.apply(_const(other, self), self)
+        return Add.apply(_const(other, self, "add"), self)
 
     def __sub__(self, other: Any) -> Tensor:
-        return Sub.apply(self, other if isinstance(other, Tensor) else _const(other, self))
+        return Sub.apply(self, other if isinstance(other, Tensor) else _const(other, self, "sub"))
 
     def __rsub__(self, other: Any) -> Tensor:
-        return Sub.apply(_const(other, self), self)
+        return Sub.apply(_const(other, self, "sub"), self)
 
     def __mul__(self, other: Any) -> Tensor:
-        return Mul.apply(self, other if isinstance(other, Tensor) else _const(other, self))
+        return Mul.apply(self, other if isinstance(other, Tensor) else _const(other, self, "mul"))
 
     def __rmul__(self, other: Any) -> Tensor:
-        return Mul.apply(_const(other, self), self)
+        return Mul.apply(_const(other, self, "mul"), self)
 
     def __truediv__(self, other: Any) -> Tensor:
-        return Div.apply(self, other if isinstance(other, Tensor) else _const(other, self))
+        return Div.apply(self, other if isinstance(other, Tensor) else _const(other, self, "div"))
 
     def __rtruediv__(self, other: Any) -> Tensor:
-        return Div.apply(_const(other, self), self)
+        return Div.apply(_const(other, self, "div"), self)
 
     def __matmul__(self, other: Any) -> Tensor:
-        return MatMul.apply(self, other if isinstance(other, Tensor) else _const(other, self))
+        return MatMul.apply(self, other if isinstance(other, Tensor) else
+                            _const(other, self, "matmul"))
 
     def __rmatmul__(self, other: Any) -> Tensor:
-        return MatMul.apply(_const(other, self), self)
+        return MatMul.apply(_const(other, self, "matmul"), self)
 
     def __neg__(self) -> Tensor:
         return Neg.apply(self)
@@ -304,8 +301,9 @@ class Tensor:
         return pow(self, p)
 
     def __rpow__(self, base: Any) -> Tensor:
-        if isinstance(base, Tensor) or not np.isscalar(base):
-            raise TypeError("pow: only a Python number base is supported for number ** Tensor")
+        if not isinstance(base, _NUMBERS):
+            raise TypeError(f"pow: the base of number ** Tensor must be a real number, got "
+                            f"{type(base).__name__}")
         return exp(self * float(np.log(base)))
 
     def __getitem__(self, index: Any) -> Tensor:
@@ -442,8 +440,10 @@ class Tensor:
         """Zeros of shape `size` (ints or one tuple) in this tensor's dtype unless `dtype` is
         given (torch.Tensor.new_zeros)."""
         shape = size[0] if len(size) == 1 and isinstance(size[0], (tuple, list)) else size
-        return Tensor(np.zeros(tuple(shape), dtype=self.data.dtype if dtype is None else
-                               _np_dtype(dtype, "new_zeros")), requires_grad=requires_grad)
+        t = Tensor._from_op(np.zeros(tuple(shape), dtype=self.data.dtype if dtype is None else
+                                     _np_dtype(dtype, "new_zeros")), None)
+        t.requires_grad = requires_grad
+        return t
 
     def to(self, *args: Any, dtype: Any = None, device: Any = None) -> Tensor:
         """PyTorch's `to(device)`, `to(dtype)`, `to(device, dtype)` or `to(other)` (its dtype).
@@ -468,7 +468,7 @@ class Tensor:
             raise DTypeError(f"to: casting a tensor that requires grad from {self.data.dtype} to "
                              f"{dt} would not be recorded; create it (or the model: dtype= on "
                              f"the layers) in {dt}, or cast .detach()")
-        return Tensor(self.data.astype(dt))
+        return Tensor._from_op(self.data.astype(dt), None)
 
     def type(self, dtype: Any = None) -> Tensor:
         """`type(dtype)` is `to(dtype)`. Without an argument (PyTorch's type name string) it is a
@@ -490,19 +490,80 @@ class Tensor:
         """self (as PyTorch on a contiguous tensor): numpy handles any memory layout."""
         return self
 
-def _data(x: Any) -> Any:
-    return x.data if isinstance(x, Tensor) else x
+# the numbers an operand may be (np.float64 and np.bool_ included; complex is not)
+_NUMBERS = (bool, int, float, np.bool_, np.integer, np.floating)
+_OPERANDS = "a Tensor, a real number, a numpy array or a (nested) list of numbers"
 
 
-def _const(x: Any, like: Tensor) -> Tensor:
-    """`x` as a tensor operand; a Python number takes `like`'s float dtype (no upcast)."""
+def _numeric(data: Any, who: str, dtype: Any = None, copy: bool = False,
+             arg: str = "operand") -> np.ndarray:
+    """`data` as a bool, integer or float array, or a TypeError naming `who`, `arg` and its type.
+
+    Arrays and Tensors keep their dtype (unless `dtype` is given) and are copied only with
+    `copy`; numbers and (nested) lists/tuples become a new array of `dtype`, else of
+    `tg.default_dtype`. None, strings and other objects are refused: numpy would make None nan
+    and "2" the number 2."""
+    if isinstance(data, Tensor):
+        data = data.data
+    if isinstance(data, (np.ndarray, np.generic)) or hasattr(data, "__array__"):
+        arr = np.asarray(data)
+        if arr.dtype.kind not in "fiub":
+            raise _not_numeric(who, arg, f"{type(data).__name__} of dtype {arr.dtype}",
+                               DTypeError)
+        if copy:
+            return np.array(arr, dtype=dtype, copy=True)
+        return arr if dtype is None else arr.astype(dtype, copy=False)
+    want = dtype if dtype is not None else _default_dtype()
+    if isinstance(data, _NUMBERS):
+        return np.asarray(data, dtype=want)
+    if not isinstance(data, (list, tuple)):
+        raise _not_numeric(who, arg, type(data).__name__)
+    arr = np.asarray(data)
+    if arr.dtype.kind not in "fiubO":
+        held = {"U": "str", "S": "bytes", "c": "complex"}.get(arr.dtype.kind, str(arr.dtype))
+        raise _not_numeric(who, arg, f"{type(data).__name__} holding {held}")
+    if arr.dtype.kind == "O":  # Python ints too large for int64 are fine; None is not
+        for v in arr.flat:
+            if not isinstance(v, _NUMBERS):
+                raise _not_numeric(who, arg, f"{type(data).__name__} holding "
+                                             f"{type(v).__name__}")
+    return arr.astype(want)
+
+
+def _not_numeric(who: str, arg: str, what: str, cls: type[TypeError] = TypeError) -> TypeError:
+    return cls(f"{who}: unsupported {arg} {what}; expected {_OPERANDS}")
+
+
+def _compared(other: Any) -> np.ndarray | None:
+    """The right side of == or != as an array, or None when it is not an operand."""
+    try:
+        return _numeric(other, "eq")
+    except TypeError:
+        return None
+
+
+def _const(x: Any, like: Tensor, op: str) -> Tensor:
+    """`x` as a tensor operand of `op`; a Python number takes `like`'s float dtype (no upcast).
+    Arrays are wrapped, not copied: an operand is only read."""
     if isinstance(x, Tensor):
         return x
     if isinstance(x, (int, float, bool)) and like.data.dtype.kind == "f":
         return Tensor._from_op(np.asarray(x, dtype=like.data.dtype), None)
-    if isinstance(x, (np.ndarray, np.generic)):
-        return Tensor._from_op(np.asarray(x), None)
-    return Tensor(x)
+    return Tensor._from_op(_numeric(x, op), None)
+
+
+def tensor(data: Any, requires_grad: bool = False, dtype: Any = None) -> Tensor:
+    """A new leaf Tensor holding a copy of `data` (torch.tensor), the same as
+    `Tensor(data, requires_grad, dtype)`."""
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+
+
+def from_numpy(a: np.ndarray) -> Tensor:
+    """A leaf Tensor that shares `a`'s memory and dtype (torch.from_numpy): a write through
+    either side, an optimiser step included, is seen by both. `Tensor(a)` copies instead."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"from_numpy: expected a numpy array, got {type(a).__name__}")
+    return Tensor._from_op(_numeric(a, "from_numpy"), None)
 
 
 def _np_dtype(dtype: Any, op: str) -> np.dtype:

@@ -16,7 +16,7 @@ from .. import ops
 from ..errors import DTypeError, ShapeError
 from ..ops import relu, sigmoid, tanh
 from ..random import rng
-from ..tensor import Tensor, dim_alias
+from ..tensor import Tensor, _numeric, dim_alias
 
 __all__ = [
     "binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy", "dropout",
@@ -34,21 +34,25 @@ class TargetIndexError(IndexError, ValueError):
 
 # ----------------------------------------------------------------------------- helpers
 def _float_tensor(x: Any, fn: str, arg: str) -> Tensor:
-    """`x` as a floating-point Tensor (arrays keep their dtype, lists get the default dtype)."""
-    t = x if isinstance(x, Tensor) else Tensor(x)
+    """`x` as a floating-point Tensor (arrays keep their dtype and are not copied: an input is
+    only read; lists get the default dtype)."""
+    t = x if isinstance(x, Tensor) else _constant(_numeric(x, fn, arg=arg))
     if t.dtype.kind != "f":
         raise DTypeError(f"{fn}: {arg} must be a floating-point tensor, got dtype {t.dtype}")
     return t
+
+
+def _constant(arr: Any) -> Tensor:
+    """A Tensor around a numeric array made here or given as an input, not copied: it is only
+    read (Tensor(arr) would copy it at every call)."""
+    return Tensor._from_op(np.asarray(arr), None)
 
 
 def _operand(v: Any, like: Tensor, fn: str, arg: str) -> Tensor:
     """A parameter-like operand (weight, bias): Tensors as given, arrays in `like`'s dtype."""
     if isinstance(v, Tensor):
         return _float_tensor(v, fn, arg)
-    arr = np.asarray(v)
-    if arr.dtype.kind not in "fiub":
-        raise DTypeError(f"{fn}: {arg} must be numeric, got dtype {arr.dtype}")
-    return Tensor(arr.astype(like.dtype, copy=False))
+    return _constant(_numeric(v, fn, like.dtype, arg=arg))
 
 
 def _target(target: Any, like: Tensor, fn: str) -> Tensor:
@@ -57,10 +61,7 @@ def _target(target: Any, like: Tensor, fn: str) -> Tensor:
     if isinstance(target, Tensor) and target.requires_grad:
         t = target  # the gradient must reach it, so it is used exactly as given
     else:
-        arr = np.asarray(target.data if isinstance(target, Tensor) else target)
-        if arr.dtype.kind not in "fiub":
-            raise DTypeError(f"{fn}: target must be numeric, got dtype {arr.dtype}")
-        t = Tensor(arr.astype(like.dtype, copy=False))
+        t = _constant(_numeric(target, fn, like.dtype, arg="target"))
     if t.shape != like.shape:
         raise ShapeError(f"{fn}: input shape {like.shape} and target shape {t.shape} differ; "
                          f"they must be equal (targets are never broadcast: reshape the target)")
@@ -116,7 +117,7 @@ def log_softmax(x: Any, axis: int = -1) -> Tensor:
     axis = _axis(axis, x.ndim, "log_softmax")
     m = x.data.max(axis=axis, keepdims=True) if x.size else np.zeros((), x.dtype)
     m = np.where(np.isfinite(m), m, x.dtype.type(0))  # an all -inf row: shift by 0, not nan
-    z = x - Tensor(m)
+    z = x - _constant(m)
     return z - ops.logsumexp(z, axis=axis, keepdims=True)
 
 
@@ -192,7 +193,7 @@ class _ClassTargets:
         """-weight[t] log_probs[t] per target (target-shaped); exactly 0 where ignored."""
         picked = log_probs[self.index]
         w = self.picked_weight
-        loss = -picked if w is None else picked * Tensor(-w)
+        loss = -picked if w is None else picked * _constant(-w)
         # `where`, not a multiply by the mask: ignored entries give exactly 0 even if they hold inf
         return ops.where(self.keep, loss, 0.0)
 
@@ -217,10 +218,7 @@ def _constant_weight(weight: Any, dtype: np.dtype, fn: str, arg: str) -> np.ndar
     if isinstance(weight, str):
         raise TypeError(f"{fn}: {arg} must be an array, got the string {weight!r}; pass the "
                         f"reduction by keyword: reduction={weight!r}")
-    w = np.asarray(weight.data if isinstance(weight, Tensor) else weight)
-    if w.dtype.kind not in "fiub":
-        raise DTypeError(f"{fn}: {arg} must be numeric, got dtype {w.dtype}")
-    return w.astype(dtype, copy=False)
+    return _numeric(weight, fn, dtype, arg=arg)
 
 
 def _class_weights(weight: Any, c: int, dtype: np.dtype, fn: str) -> np.ndarray:
@@ -264,7 +262,8 @@ def cross_entropy(logits: Any, target: Any, weight: Any = None, ignore_index: in
     if label_smoothing > 0:
         w = targets.weight
         if w is not None:  # weight[c] along the class axis
-            log_probs = log_probs * Tensor(w.reshape((-1,) + (1,) * (x.ndim - targets.axis - 1)))
+            shape = (-1,) + (1,) * (x.ndim - targets.axis - 1)
+            log_probs = log_probs * _constant(w.reshape(shape))
         smooth = ops.where(targets.keep, -log_probs.sum(axis=targets.axis), 0.0)
         e = float(label_smoothing)
         loss = loss * (1.0 - e) + smooth * (e / targets.classes)
@@ -315,7 +314,7 @@ def binary_cross_entropy_with_logits(logits: Any, target: Any, weight: Any = Non
     _check_reduction(reduction, fn)
     x = _float_tensor(logits, fn, "logits")
     t = _target(target, x, fn)
-    softplus_tail = ops.log(1.0 + ops.exp(-ops.abs(x)))  # log(1 + e^-|x|)
+    softplus_tail = _log1p(ops.exp(-ops.abs(x)))  # log(1 + e^-|x|)
     if pos_weight is None:
         loss = ops.maximum(x, 0.0) - x * t + softplus_tail
     else:  # softplus(-x) = max(-x, 0) + log(1 + e^-|x|)
@@ -324,6 +323,15 @@ def binary_cross_entropy_with_logits(logits: Any, target: Any, weight: Any = Non
     if weight is not None:
         loss = loss * _broadcast_weight(weight, x, fn, "weight")
     return _reduce(loss, reduction)
+
+
+def _log1p(u: Tensor) -> Tensor:
+    """log(1 + u) for 0 <= u <= 1, also where 1 + u rounds to 1 (log would give 0 at x = 20 in
+    float32, log1p 2e-9): log(w) for w = 1 + u plus the first-order term of the rounding
+    error, (u - (w - 1)) / w, where w - 1 and u - (w - 1) are exact. Its derivative comes out
+    as 1 / w - (u - (w - 1)) / w^2, which is 1 / (1 + u) to the same order."""
+    w = 1.0 + u
+    return ops.log(w) + (u - (w - 1.0)) / w
 
 
 def _broadcast_weight(weight: Any, like: Tensor, fn: str, arg: str) -> Tensor:
@@ -336,7 +344,7 @@ def _broadcast_weight(weight: Any, like: Tensor, fn: str, arg: str) -> Tensor:
     if not fits:
         raise ShapeError(f"{fn}: {arg} of shape {w.shape} does not broadcast to the logits' "
                          f"shape {like.shape}")
-    return Tensor(w)
+    return _constant(w)
 
 
 # ----------------------------------------------------------------------------- layers
@@ -354,9 +362,19 @@ def layer_norm(x: Any, normalized_shape: int | Sequence[int], weight: Any = None
         raise ShapeError(f"{fn}: normalized_shape {shape} must match the trailing dims of the "
                          f"input, got input of shape {x.shape}")
     axes = tuple(range(-k, 0))
+    limit = _norm_limit(x.dtype, int(np.prod(shape)))
+    eps_t: float | Tensor = float(eps)
+    if x.size and (x.data.max() > limit or x.data.min() < -limit):  # (nan compares False)
+        # the squares would overflow (float32 1e20: var = inf, y = 0): normalise x / s instead,
+        # with eps / s^2 for eps, which is the same function of x for any constant s > 0, so
+        # the gradient is unchanged. s, a power of two per row, keeps every step exact.
+        _, e = np.frexp(np.abs(x.data).max(axis=axes, keepdims=True) / limit)
+        s = np.ldexp(1.0, np.maximum(e, 0))  # 1 for the rows that need no scaling
+        x = x * _constant((1.0 / s).astype(x.dtype))
+        eps_t = _constant(np.maximum(eps / (s * s), np.finfo(x.dtype).tiny).astype(x.dtype))
     centred = x - x.mean(axis=axes, keepdims=True)
     var = (centred * centred).mean(axis=axes, keepdims=True)
-    y = centred / ops.sqrt(var + float(eps))
+    y = centred / ops.sqrt(var + eps_t)
     for name, p in (("weight", weight), ("bias", bias)):
         if p is None:
             continue
@@ -366,6 +384,12 @@ def layer_norm(x: Any, normalized_shape: int | Sequence[int], weight: Any = None
                              f"got {p.shape}")
         y = y * p if name == "weight" else y + p
     return y
+
+
+def _norm_limit(dtype: np.dtype, n: int) -> float:
+    """The largest |x| for which layer_norm's n squared deviations (each at most (2 |x|)^2)
+    sum without overflow in `dtype`."""
+    return float(np.sqrt(float(np.finfo(dtype).max) / (4 * n)))
 
 
 def dropout(x: Any, p: float = 0.5, training: bool = True) -> Tensor:

@@ -20,10 +20,10 @@ class Parameter(Tensor):
     __slots__ = ()
 
     def __init__(self, data: Any, requires_grad: bool = True, dtype: Any = None) -> None:
-        arr = Tensor(data, dtype=dtype).data.copy()  # lists and numbers get tg.default_dtype
-        if arr.dtype.kind != "f":
-            raise DTypeError(f"Parameter: needs floating-point data, got dtype {arr.dtype}")
-        super().__init__(arr, requires_grad=requires_grad)
+        super().__init__(data, dtype=dtype)  # a copy; lists and numbers get tg.default_dtype
+        if self.data.dtype.kind != "f":
+            raise DTypeError(f"Parameter: needs floating-point data, got dtype {self.data.dtype}")
+        self.requires_grad = requires_grad
 
     def __repr__(self) -> str:
         return "Parameter containing:\n" + super().__repr__()
@@ -34,7 +34,7 @@ def _as_buffer(value: Any, error: str) -> Tensor | None:
     if value is None or isinstance(value, Tensor):
         return value
     if isinstance(value, (np.ndarray, np.generic)):
-        return Tensor(np.array(value))  # copied: load_state_dict writes into it in place
+        return Tensor(value)  # copied: load_state_dict writes into it in place
     raise TypeError(error + " (a Tensor, a numpy array or None is required)")
 
 
@@ -197,12 +197,21 @@ class Module:
 
     def _named_state(self) -> Iterator[tuple[str, Tensor]]:
         """What `state_dict` holds, in PyTorch's order: each module's parameters, then its
-        persistent buffers, then its submodules."""
-        def table(m: Module) -> Iterator[tuple[str, Tensor]]:
-            yield from m._parameters.items()
-            yield from ((k, b) for k, b in m._buffers.items()
-                        if k not in m._non_persistent_buffers)
-        return self._named_members("", table)
+        persistent buffers, then its submodules. Unlike `named_parameters`, a tied tensor (or a
+        shared module) is listed under every name it has, as PyTorch: a dict saved by PyTorch
+        from a model with tied embeddings holds both names."""
+        stack: list[tuple[str, Module, frozenset[int]]] = [("", self, frozenset())]
+        while stack:
+            prefix, m, above = stack.pop()  # above: the ids of m's ancestors (no cycles)
+            for k, v in m._parameters.items():
+                if v is not None:
+                    yield prefix + k, v
+            for k, b in m._buffers.items():
+                if b is not None and k not in m._non_persistent_buffers:
+                    yield prefix + k, b
+            inside = above | {id(m)}
+            stack.extend(reversed([(f"{prefix}{k}.", c, inside) for k, c in m._modules.items()
+                                   if c is not None and id(c) not in inside]))
 
     def zero_grad(self) -> None:
         for p in self.parameters():
@@ -218,32 +227,48 @@ class Module:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, np.ndarray]:
-        """name -> a numpy copy of each parameter and persistent buffer."""
+        """name -> a numpy copy of each parameter and persistent buffer; a tied tensor appears
+        under each of its names (as PyTorch), each with its own copy."""
         return {name: t.data.copy() for name, t in self._named_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> IncompatibleKeys:
         """Copy values into the parameters and persistent buffers. Every problem (missing or
-        unexpected key, shape or dtype mismatch) is collected into one ValueError, and then
-        nothing is changed."""
+        unexpected key, shape or dtype mismatch, a read-only array in the model, different values
+        for two names of one tied tensor) is collected into one ValueError, and then nothing is
+        changed."""
         own = dict(self._named_state())
+        names: dict[int, list[str]] = {}  # a tensor's id -> its names (several when tied)
+        for k, t in own.items():
+            names.setdefault(id(t), []).append(k)
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         problems = []
         if strict:
-            problems += [f"missing key {k!r}" for k in missing]
+            for k in missing:
+                given = [j for j in names[id(own[k])] if j in state_dict]
+                problems.append(f"missing key {k!r}" + (f" (the same tensor as {given[0]!r}, "
+                                                        f"which is given)" if given else ""))
             problems += [f"unexpected key {k!r}" for k in unexpected]
-        values = {}
+        values: dict[str, np.ndarray] = {}
         for k, p in own.items():
             if k not in state_dict:
                 continue
             v = state_dict[k]
             v = np.asarray(v.data if isinstance(v, Tensor) else v)
+            first = next(j for j in names[id(p)] if j in state_dict)
             if v.shape != p.shape:
                 problems.append(f"{k!r}: shape {v.shape} in the state dict, {p.shape} in the "
                                 f"model")
             elif v.dtype != p.dtype:
                 problems.append(f"{k!r}: dtype {v.dtype} in the state dict, {p.dtype} in the "
                                 f"model")
+            elif first != k:  # tied: one tensor cannot take two values
+                if first in values and not np.array_equal(values[first], v, equal_nan=True):
+                    problems.append(f"{first!r} and {k!r} name one tied tensor but hold "
+                                    f"different values; give them equal values (or only one)")
+            elif not p.data.flags.writeable:
+                problems.append(f"{k!r}: the model's array is read-only (its "
+                                f"data.flags.writeable is False)")
             else:
                 values[k] = v
         if problems:

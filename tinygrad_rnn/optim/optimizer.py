@@ -154,23 +154,36 @@ class Optimizer:
         if closure is not None:
             with enable_grad():
                 loss = closure()
+        todo = self._checked_grads()
         self._opt_called = True
-        i = -1
-        for group in self.param_groups:
-            for p in group["params"]:
-                i += 1
-                if p.grad is None:
-                    continue
-                g = np.asarray(p.grad)
-                if g.shape != p.data.shape:
-                    raise ShapeError(f"{type(self).__name__}.step: param {i} has shape "
-                                     f"{p.data.shape} but its grad has shape {g.shape}")
-                # in the param's dtype; read-only, as it may be p.grad itself
-                g = g.astype(p.data.dtype, copy=False).view()
-                g.flags.writeable = False
-                self.update(p.data, g, self.state.setdefault(p, {}), group)
-                written(p.data)  # a record that saved the old values must refuse backward
+        for p, g, group in todo:
+            self.update(p.data, g, self.state.setdefault(p, {}), group)
+            written(p.data)  # a record that saved the old values must refuse backward
         return loss
+
+    def _checked_grads(self) -> list[tuple[Tensor, np.ndarray, dict[str, Any]]]:
+        """(param, grad, group) for every param with a grad, each grad a read-only array in its
+        param's dtype, after checking them all: a bad one raises before any param or state is
+        changed (a step is all or nothing), naming the param by its index."""
+        name = type(self).__name__
+        todo = []
+        for i, (p, group) in enumerate((p, group) for group in self.param_groups
+                                       for p in group["params"]):
+            if p.grad is None:
+                continue
+            g = np.asarray(p.grad)
+            where = f"{name}.step: param {i} (shape {p.data.shape})"
+            if g.shape != p.data.shape:
+                raise ShapeError(f"{where} has a grad of shape {g.shape}; nothing was updated")
+            if g.dtype.kind not in "fiub":
+                raise TypeError(f"{where} has a grad of dtype {g.dtype}; nothing was updated")
+            if not p.data.flags.writeable:
+                raise ValueError(f"{where} is read-only (its data.flags.writeable is False); "
+                                 f"nothing was updated")
+            g = g.astype(p.data.dtype, copy=False).view()  # read-only: it may be p.grad itself
+            g.flags.writeable = False
+            todo.append((p, g, group))
+        return todo
 
     def update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, Any],
                group: dict[str, Any]) -> None:
