@@ -1,14 +1,19 @@
 """Testing helpers for users and for our own suite: the same tools on both sides.
 
-- `gradcheck(fn, inputs)`: tape gradients against float64 central differences.
+- `gradcheck(fn, inputs, params=module.parameters())`: tape gradients of the inputs and of a
+  module's parameters against float64 central differences.
 - `strategies`: hypothesis strategies (arrays, shapes, broadcastable shapes, time-major
   sequences, ...). Loaded on first access, because hypothesis is only a dev dependency
   (`pip install "tinygrad_rnn[dev]"`); importing this package does not need it.
 
 Property-testing your own cell::
 
+    import numpy as np
+    import tinygrad_rnn as tg
     from hypothesis import given
     from tinygrad_rnn.testing import gradcheck, strategies
+
+    W = np.random.default_rng(0).normal(size=(7, 4))   # float64 (I + H, H)
 
     @given(xs=strategies.sequences(T=4, B=2, I=3), h0=strategies.arrays((2, 4)))
     def test_my_cell(xs, h0):
@@ -16,7 +21,7 @@ Property-testing your own cell::
             for t in range(xs.shape[0]):
                 h = tg.tanh(tg.concat([xs[t], h], axis=1) @ W)
             return h
-        assert gradcheck(run, [xs, h0, W])      # W: a float64 (7, 4) array
+        assert gradcheck(run, [xs, h0, W])
 
 (see `gradcheck`'s docstring for a fuller example).
 """

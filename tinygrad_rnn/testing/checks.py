@@ -5,17 +5,28 @@ The outputs of `fn` are reduced to one scalar with fixed random cotangents r_k,
     L = sum_k sum(out_k * r_k),
 
 so a single backward checks the whole vector-Jacobian product, and a wrong transpose or a
-swapped pair of gradients cannot hide behind an all-ones upstream gradient.
+swapped pair of gradients cannot hide behind an all-ones upstream gradient. The inputs are
+checked on float64 copies; the parameters given with `params=` (a module's weights, which `fn`
+reads itself) are perturbed in place and restored exactly.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
 from ..engine import enable_grad, no_grad
 from ..tensor import Tensor
+
+
+class _HasParameters(Protocol):
+    """A module (anything with `named_parameters()`), for `gradcheck(params=module)`."""
+
+    def named_parameters(self) -> Iterable[tuple[str, Tensor]]: ...
+
+
+_Params = Iterable[Tensor] | Iterable[tuple[str, Tensor]] | _HasParameters
 
 _SEED = 0  # fixed: the same cotangents every run, so a failure reproduces
 
@@ -24,33 +35,45 @@ class GradcheckError(AssertionError):
     """Analytic and numeric gradients disagree (or `fn` misbehaved while being checked).
 
     An AssertionError, so pytest shows it as a failed check. When it is about one gradient entry,
-    `input_index`, `element_index`, `analytic` and `numeric` say which entry and both values.
+    `input_index` (or `param_index` and `param_name` for a parameter given with `params=`),
+    `element_index`, `analytic` and `numeric` say which entry and both values.
     """
 
     def __init__(self, message: str, input_index: int | None = None,
                  element_index: tuple[int, ...] | None = None, analytic: float | None = None,
-                 numeric: float | None = None) -> None:
+                 numeric: float | None = None, param_index: int | None = None,
+                 param_name: str | None = None) -> None:
         super().__init__(message)
         self.input_index = input_index
         self.element_index = element_index
         self.analytic = analytic
         self.numeric = numeric
+        self.param_index = param_index
+        self.param_name = param_name
 
 
 def gradcheck(fn: Callable[..., Any], inputs: Sequence[Any], eps: float = 1e-6,
-              atol: float = 1e-5, rtol: float = 1e-3) -> bool:
-    """Check the gradients of `fn(*inputs)` against central differences; return True or raise.
+              atol: float = 1e-5, rtol: float = 1e-3, *, params: _Params | None = None) -> bool:
+    """Check the gradients of `fn(*inputs)`, and of the `params` it uses, against central
+    differences; return True or raise.
 
     - `inputs`: numpy arrays, Tensors or numbers. Floating ones are copied, upcast to float64 and
       passed as leaves with `requires_grad=True`; integer and bool ones (indices, masks) are
       passed as constant Tensors. The caller's arrays are never modified.
+    - `params`: Tensors that `fn` reads without taking them as arguments, a module's weights:
+      `module.parameters()`, `module.named_parameters()` (errors then name the parameter) or the
+      module itself. Each must be a float64 leaf that requires grad (build the module with
+      `dtype=np.float64`). They are perturbed in place and restored exactly, also when `fn`
+      raises, and their `.grad` is left as it was. Without them only the inputs are checked, so
+      a wrong gradient of a weight goes unnoticed.
     - `fn` returns a Tensor or a nested tuple/list of Tensors, e.g. `(output, (h, c))`.
     - With fixed random cotangents r_k, L = sum_k sum(out_k * r_k). The analytic gradient of
-      each input comes from `L.backward()` (no gradient at all counts as zeros); the numeric one
-      from (L(x + eps) - L(x - eps)) / 2 eps per element, evaluated under `tg.no_grad()`.
+      each input and parameter comes from `L.backward()` (no gradient at all counts as zeros);
+      the numeric one from (L(x + eps) - L(x - eps)) / 2 eps per element, evaluated under
+      `tg.no_grad()`.
     - Entries must satisfy |analytic - numeric| <= atol + rtol * |numeric| (np.allclose); the
-      first that does not raises `GradcheckError` naming the input index, the element index and
-      both values. A non-float output raises TypeError.
+      first that does not raises `GradcheckError` naming the input index (or the parameter),
+      the element index and both values. A non-float output raises TypeError.
 
     Example -- property-testing your own cell over random sequences with hypothesis::
 
@@ -78,24 +101,40 @@ def gradcheck(fn: Callable[..., Any], inputs: Sequence[Any], eps: float = 1e-6,
     if isinstance(inputs, (Tensor, np.ndarray, np.generic, int, float)):
         inputs = (inputs,)  # one input given bare: never iterate over an array's rows
     pristine, wants = _prepare(inputs)
+    weights, names, places = _params(params)
+    kept = [w.data for w in weights]  # the arrays perturbed in place: fn reads these
+    originals = [np.array(a, copy=True) for a in kept]
 
     # analytic: one backward through the whole graph
     leaves = [Tensor(np.array(a, copy=True), requires_grad=w) for a, w in zip(pristine, wants)]
-    with enable_grad():
-        outs = _flatten(fn(*leaves), "fn(*inputs)")
-        rng = np.random.default_rng(_SEED)
-        cots = [rng.standard_normal(o.shape) for o in outs]
-        loss = None
-        for o, r in zip(outs, cots):
-            if o.requires_grad:
-                term = (o * Tensor(r)).sum()
-                loss = term if loss is None else loss + term
-        if loss is not None:
-            loss.backward()
+    grads_before = [w.grad for w in weights]
+    try:
+        for w in weights:
+            w.grad = None  # backward accumulates into an existing .grad: keep the caller's intact
+        with enable_grad():
+            outs = _flatten(fn(*leaves), "fn(*inputs)")
+            rng = np.random.default_rng(_SEED)
+            cots = [rng.standard_normal(o.shape) for o in outs]
+            loss = None
+            for o, r in zip(outs, cots):
+                if o.requires_grad:
+                    term = (o * Tensor(r)).sum()
+                    loss = term if loss is None else loss + term
+            if loss is not None:
+                loss.backward()
+        param_grads = [w.grad for w in weights]
+    finally:
+        for w, g in zip(weights, grads_before):
+            w.grad = g
     for i, (t, a) in enumerate(zip(leaves, pristine)):
         if not np.array_equal(t.data, a, equal_nan=a.dtype.kind == "f"):
             raise GradcheckError(f"gradcheck: fn modified input {i} (shape {a.shape}) in place; "
                                  f"operations must return new tensors", input_index=i)
+    for j, (w, a, o) in enumerate(zip(weights, kept, originals)):
+        if w.data is not a or not np.array_equal(a, o, equal_nan=True):
+            label = _param_label(names[j], places[j], o.shape)
+            raise GradcheckError(f"gradcheck: fn modified {label} in place; fn must only read "
+                                 f"the parameters", param_index=places[j], param_name=names[j])
     analytic = []
     for i, (t, w) in enumerate(zip(leaves, wants)):
         g = t.grad if w and t.grad is not None else np.zeros(t.shape)
@@ -105,7 +144,8 @@ def gradcheck(fn: Callable[..., Any], inputs: Sequence[Any], eps: float = 1e-6,
                                  f"{t.shape} and float64", input_index=i)
         analytic.append(g)
 
-    # numeric: central differences of L, one element at a time, on a private copy
+    # numeric: central differences of L, one element at a time, on a private copy of each input
+    # and in place in each parameter
     shapes = [o.shape for o in outs]
     work = [np.array(a, copy=True) for a in pristine]
 
@@ -119,9 +159,7 @@ def gradcheck(fn: Callable[..., Any], inputs: Sequence[Any], eps: float = 1e-6,
                                  f"at first; fn must be a deterministic function of its inputs")
         return float(sum(np.sum(o.data * r, dtype=np.float64) for o, r in zip(outs_, cots)))
 
-    for i, (x, w) in enumerate(zip(work, wants)):
-        if not w:
-            continue
+    def compare(x: np.ndarray, grad: np.ndarray, label: str, **which: Any) -> None:
         for idx in np.ndindex(x.shape):
             x0 = x[idx]
             x[idx] = x0 + eps
@@ -130,15 +168,67 @@ def gradcheck(fn: Callable[..., Any], inputs: Sequence[Any], eps: float = 1e-6,
             lo, lm = x[idx], loss_value()
             x[idx] = x0
             n = (lp - lm) / (hi - lo)  # the step actually taken, after rounding
-            a = float(analytic[i][idx])
+            a = float(grad[idx])
             if not abs(a - n) <= atol + rtol * abs(n):  # also False for NaN
                 raise GradcheckError(
-                    f"gradcheck: gradient mismatch for input {i} (shape {x.shape}) at element "
-                    f"{idx}: analytic {a!r}, numeric {n!r} (|difference| {abs(a - n):.3g} > "
-                    f"atol + rtol * |numeric| = {atol + rtol * abs(n):.3g}; central differences "
-                    f"with eps={eps} of L = sum_k sum(out_k * r_k), random r_k)",
-                    input_index=i, element_index=idx, analytic=a, numeric=n)
+                    f"gradcheck: gradient mismatch for {label} at element {idx}: analytic "
+                    f"{a!r}, numeric {n!r} (|difference| {abs(a - n):.3g} > atol + rtol * "
+                    f"|numeric| = {atol + rtol * abs(n):.3g}; central differences with eps={eps} "
+                    f"of L = sum_k sum(out_k * r_k), random r_k)",
+                    element_index=idx, analytic=a, numeric=n, **which)
+
+    for i, (x, w) in enumerate(zip(work, wants)):
+        if w:
+            compare(x, analytic[i], f"input {i} (shape {x.shape})", input_index=i)
+    try:
+        for j, a in enumerate(kept):
+            g = param_grads[j] if param_grads[j] is not None else np.zeros(a.shape)
+            compare(a, g, _param_label(names[j], places[j], a.shape), param_index=places[j],
+                    param_name=names[j])
+    finally:
+        for a, o in zip(kept, originals):
+            np.copyto(a, o)  # exactly the caller's values, also when fn raised mid-perturbation
     return True
+
+
+def _params(params: _Params | None) -> tuple[list[Tensor], list[str | None], list[int]]:
+    """The parameters to check, each once, with their names (when given as (name, Tensor)
+    pairs) and their positions in `params`."""
+    if params is None:
+        return [], [], []
+    if hasattr(params, "named_parameters"):  # a Module: its names make errors readable
+        params = params.named_parameters()
+    if isinstance(params, Tensor):
+        params = [params]
+    found: list[Tensor] = []
+    names: list[str | None] = []
+    places: list[int] = []
+    for j, item in enumerate(params):
+        name, p = item if isinstance(item, tuple) and len(item) == 2 else (None, item)
+        what = f"params[{j}]" if name is None else f"parameter {name!r}"
+        if not isinstance(p, Tensor):
+            raise TypeError(f"gradcheck: {what} is a {type(p).__name__}; params takes Tensors "
+                            f"(module.parameters()), (name, Tensor) pairs "
+                            f"(module.named_parameters()) or a module")
+        if not p.is_leaf or not p.requires_grad:
+            raise ValueError(f"gradcheck: {what} must be a leaf that requires grad (a "
+                             f"Parameter): a recorded result cannot be perturbed, and a tensor "
+                             f"without requires_grad gets no gradient to check")
+        if p.dtype != np.float64:
+            raise TypeError(f"gradcheck: {what} has dtype {p.dtype}; central differences need "
+                            f"float64 parameters (build the module with dtype=np.float64)")
+        if any(p is q for q in found):
+            continue  # shared between layers: one check covers it
+        found.append(p)
+        names.append(name)
+        places.append(j)
+    return found, names, places
+
+
+def _param_label(name: str | None, place: int, shape: tuple[int, ...]) -> str:
+    """How errors name a parameter: its name when known, and always its position and shape."""
+    named = "" if name is None else f"{name!r} "
+    return f"parameter {named}(params[{place}], shape {shape})"
 
 
 def _prepare(inputs: Sequence[Any]) -> tuple[list[np.ndarray], list[bool]]:
