@@ -371,3 +371,21 @@ def test_a_failed_backward_with_retain_graph_can_be_retried() -> None:
     _Flaky.fail[0] = False
     loss.backward()
     assert np.array_equal(w.grad, [5.0, 5.0])
+
+
+def test_assigning_float64_data_to_a_float32_parameter_is_refused() -> None:
+    """One float64 parameter would make a float32 model compute in float64; Module.to converts
+    the whole model at once."""
+    lstm = tg.nn.LSTM(3, 4)
+    w = lstm.weight_hh_l0
+    with pytest.raises(tg.errors.DTypeError, match=r"assigning float64 data to a float32 "
+                                                   r"parameter of shape \(16, 4\).*module\.to"):
+        w.data = w.data.astype(np.float64)
+    assert w.dtype == np.float32
+    w.data = w.data * 2  # same dtype: fine
+    assert lstm.double() is lstm
+    assert {p.dtype for p in lstm.parameters()} == {np.dtype(np.float64)}
+    ys, _ = lstm(np.zeros((2, 1, 3)))
+    assert ys.dtype == np.float64
+    lstm.float()
+    assert {p.dtype for p in lstm.parameters()} == {np.dtype(np.float32)}

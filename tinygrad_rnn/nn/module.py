@@ -28,6 +28,23 @@ class Parameter(Tensor):
     def __repr__(self) -> str:
         return "Parameter containing:\n" + super().__repr__()
 
+    @property  # type: ignore[override]
+    def data(self) -> np.ndarray:
+        """The numpy array."""
+        return self._data
+
+    @data.setter
+    def data(self, value: np.ndarray) -> None:
+        # a float64 array assigned to one parameter of a float32 model would make every step
+        # that uses it float64: converting a model is Module.to(dtype), all at once
+        old = self._data
+        if isinstance(value, np.ndarray) and value.dtype != old.dtype:
+            raise DTypeError(f"Parameter: assigning {value.dtype} data to a {old.dtype} "
+                             f"parameter of shape {old.shape}; convert it with "
+                             f".astype(np.{old.dtype.name}), or convert the whole model with "
+                             f"module.to(np.{value.dtype.name})")
+        Tensor.data.fset(self, value)  # type: ignore[attr-defined]
+
 
 def _as_buffer(value: Any, error: str) -> Tensor | None:
     """A buffer's value: a Tensor as is, a numpy array copied into a Tensor, or None."""
@@ -212,6 +229,30 @@ class Module:
             inside = above | {id(m)}
             stack.extend(reversed([(f"{prefix}{k}.", c, inside) for k, c in m._modules.items()
                                    if c is not None and id(c) not in inside]))
+
+    def to(self, dtype: Any) -> Module:
+        """Convert every parameter and floating-point buffer to `dtype` (e.g. np.float64 for a
+        gradcheck), in place; gradients are dropped. Returns self."""
+        dtype = np.dtype(dtype)
+        if dtype.kind != "f":
+            raise DTypeError(f"{type(self).__name__}.to: needs a floating-point dtype, got {dtype}")
+        for m in self.modules():
+            for p in m._parameters.values():
+                if p is not None and p._data.dtype != dtype:
+                    Tensor.data.fset(p, p._data.astype(dtype))  # type: ignore[attr-defined]
+                    p.grad = None
+            for b in m._buffers.values():
+                if b is not None and b._data.dtype.kind == "f":
+                    b.data = b._data.astype(dtype)
+        return self
+
+    def double(self) -> Module:
+        """`to(np.float64)`."""
+        return self.to(np.float64)
+
+    def float(self) -> Module:  # noqa: A003 - PyTorch's name
+        """`to(np.float32)`."""
+        return self.to(np.float32)
 
     def zero_grad(self) -> None:
         for p in self.parameters():
