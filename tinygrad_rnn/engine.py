@@ -198,7 +198,8 @@ class detect_anomaly(_ModeSwitch):
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-_IN_PKG: dict[Any, bool] = {}  # code object -> whether it is this package's
+_IN_PKG: dict[str, bool] = {}  # file name -> whether it is this package's (a str's hash is
+# cached; a code object's is computed from its contents at every lookup)
 
 
 class SourceLine:
@@ -222,9 +223,10 @@ def user_line() -> SourceLine | None:
     in_pkg = _IN_PKG
     while frame is not None:
         code = frame.f_code
-        inside = in_pkg.get(code)
+        name = code.co_filename
+        inside = in_pkg.get(name)
         if inside is None:
-            inside = in_pkg[code] = os.path.abspath(code.co_filename).startswith(_PKG_DIR)
+            inside = in_pkg[name] = os.path.abspath(name).startswith(_PKG_DIR)
         if not inside:
             return SourceLine(code, frame.f_lineno)
         frame = frame.f_back
