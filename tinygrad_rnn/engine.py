@@ -331,8 +331,9 @@ def _check_saved(n: Node) -> None:
         elif isinstance(x, np.ndarray):
             w = _WRITES.get(id(x if x.base is None else x.base))
             if w is not None and w > n.seq:
-                name = getattr(n.op, "describe_saved", None)
-                what = (name(n.saved, x) if name is not None else None) or n.op.name  # type: ignore[union-attr]
+                op: Any = n.op
+                describe = getattr(op, "describe_saved", None)
+                what = (describe(n.saved, x) if describe is not None else None) or op.name
                 at = (f", recorded at {n.where}" if n.where else
                       " (run the forward under tg.detect_anomaly() to see the line that "
                       "recorded it)")
@@ -639,9 +640,9 @@ def _replay(nodes: list[Node], retain_graph: bool) -> None:
                 _check_saved(n)
             grads_in = op.backward(g, n.saved, n.needs)  # type: ignore[union-attr]
             if len(grads_in) != len(n.inputs):
-                raise GraphError(f"{n.op.name}: backward returned {len(grads_in)} gradients "  # type: ignore[union-attr]
-                                 f"for {len(n.inputs)} inputs; return one per input (None "
-                                 f"where an input needs none)")
+                raise GraphError(f"{op.name}: backward returned "  # type: ignore[union-attr]
+                                 f"{len(grads_in)} gradients for {len(n.inputs)} inputs; return "
+                                 f"one per input (None where an input needs none)")
             if anomaly:
                 check_finite(op.name, "gradient",  # type: ignore[union-attr]
                              [x.value() if type(x) is Deferred else

@@ -1194,7 +1194,8 @@ def clip(x: Any, lo: float | None = None, hi: float | None = None) -> Tensor:
 
 
 def where(cond: Any, a: Any, b: Any) -> Tensor:
-    """Elementwise `a` where `cond` is True else `b` (cond: bool array or Tensor; not differentiated)."""
+    """Elementwise `a` where `cond` is True else `b` (cond: a bool array or Tensor, not
+    differentiated)."""
     c = cond if isinstance(cond, Tensor) else Tensor._from_op(np.asarray(cond), None)
     if c.dtype != np.bool_:
         raise DTypeError(f"where: cond must be a bool array, got dtype {c.dtype}")
