@@ -1191,3 +1191,17 @@ def test_time_invariant_operations_run_once_and_keep_exact_gradients(
         assert_same(res[n, True, None], res[n, False, None])
         assert_same(res[n, True, every], res[n, True, None], exact=True)
 
+
+
+def test_source_prints_the_generated_loops_of_a_cell_or_of_a_layers_cell() -> None:
+    """tg.scan.source(cell, xs): the forward and backward the scan runs, as Python; for a layer
+    (nn.LSTM, nn.Recurrent) the code of its cell, not of the layer called as if it were one."""
+    tg.manual_seed(90)
+    lstm = nn.LSTM(3, 4, dtype=F64)
+    xs = rng(91).standard_normal((5, 2, 3))
+    text = scan_mod.source(lstm._cells[0], xs)
+    assert text.startswith("def forward(") and "\ndef backward(" in text
+    assert "for t in range(T):" in text and "for t in range(T - 1, -1, -1):" in text
+    assert "np.matmul" in text and "np.tanh" in text
+    assert scan_mod.source(lstm, xs) == text
+    assert scan_mod.source(nn.Recurrent(lstm._cells[0]), xs) == text
