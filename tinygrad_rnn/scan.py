@@ -1412,10 +1412,9 @@ def source(cell: Any, xs: Any, state: Any = None) -> str:
     """The Python the scan generates for unrolling `cell` over xs (T, B, ...) from `state`: its
     forward and its backward (for gradients of everything), for reading. For a layer
     (`nn.LSTM`, `nn.Recurrent`, ...) it is the code of its (first) cell."""
-    from .nn.recurrent import _as_tensor
     cells = getattr(cell, "_cells", None)  # nn.RNN / LSTM / GRU: one cell per layer and direction
     cell = cells[0] if cells else getattr(cell, "cell", cell)  # nn.Recurrent wraps one
-    xs = _as_tensor(xs, "scan.source")
+    xs = xs if isinstance(xs, Tensor) else Tensor(xs)
     step = getattr(cell, "step", cell)
     if state is None and hasattr(cell, "initial_state"):
         state = cell.initial_state(xs.shape[1])
