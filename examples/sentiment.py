@@ -99,8 +99,9 @@ class LSTMClassifier(nn.Module):
     state after the first, side by side."""
 
     def __init__(self, vocab_size: int, embed: int, hidden: int, dropout: float,
-                 bidirectional: bool = False) -> None:
+                 bidirectional: bool = False, pool: str = "last") -> None:
         super().__init__()
+        self.pool = pool
         self.embed = nn.Embedding(vocab_size, embed, padding_idx=PAD)
         self.drop = nn.Dropout(dropout)
         self.lstm = nn.LSTM(embed, hidden, bidirectional=bidirectional)
@@ -109,9 +110,12 @@ class LSTMClassifier(nn.Module):
     def forward(self, ids: np.ndarray, lengths: np.ndarray) -> tg.Tensor:
         # lengths=: each sentence's final state is the one after its own last word, and the
         # backward direction starts there, so padding never reaches the prediction
-        _, (h_n, _) = self.lstm(self.drop(self.embed(ids)), lengths=lengths)  # (D, B, H)
-        last = tg.concat(list(tg.unbind(h_n, 0)), axis=-1)  # (B, D*H)
-        return self.head(self.drop(last)).reshape(-1)  # (B,) logits
+        out, (h_n, _) = self.lstm(self.drop(self.embed(ids)), lengths=lengths)  # (T, B, D*H)
+        if self.pool == "mean":  # outputs past a sentence's end are zeros: sum / length
+            feats = out.sum(axis=0) / tg.Tensor(lengths[:, None].astype(np.float32))
+        else:
+            feats = tg.concat(list(tg.unbind(h_n, 0)), axis=-1)  # (B, D*H)
+        return self.head(self.drop(feats)).reshape(-1)  # (B,) logits
 
 
 class BagOfWordsLogistic(nn.Module):
@@ -135,7 +139,8 @@ def train_lstm(args: argparse.Namespace, seqs: dict[str, list[list[int]]],
                ) -> tuple[LSTMClassifier, list[float], float]:
     """Adam on BCE-with-logits; returns the model at its best validation epoch, the per-batch
     losses and that validation accuracy."""
-    model = LSTMClassifier(args.vocab, args.embed, args.hidden, args.dropout, args.bidirectional)
+    model = LSTMClassifier(args.vocab, args.embed, args.hidden, args.dropout, args.bidirectional,
+                           args.pool)
     opt = optim.Adam(model.parameters(), lr=args.lr)
     lengths = np.array([len(s) for s in seqs["train"]])
     n_batches = -(-len(lengths) // args.batch)
@@ -221,6 +226,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                  f"(default {d['dropout']})")
     p.add_argument("--bidirectional", action="store_true",
                    help="a bidirectional LSTM (default: one direction)")
+    p.add_argument("--pool", choices=("last", "mean"), default="last",
+                   help="sentence features: the final state(s) (default), or the mean of the "
+                        "outputs over the sentence's own length")
     p.add_argument("--bow-epochs", type=int,
                    help=f"bag-of-words epochs (default {d['bow_epochs']})")
     p.add_argument("--bow-lr", type=float, default=3e-3, help="bag-of-words Adam learning rate")
@@ -300,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(seconds, 1), "quick": args.quick,
         "config": {k: getattr(args, k) for k in ("epochs", "vocab", "embed", "hidden", "batch",
                                                  "lr", "max_len", "dropout", "bidirectional",
-                                                 "seed")},
+                                                 "pool", "seed")},
     }
     print_result(result)
     return 0
