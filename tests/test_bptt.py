@@ -407,14 +407,7 @@ def test_the_state_is_detached_at_every_window_boundary():
         loss = mse(out, y)
         losses.append(loss)
         # every record below this loss was made after the window's first model call
-        node_seqs, stack, seen = [], [loss._node], set()
-        while stack:
-            n = stack.pop()
-            node_seqs.append(n.seq)
-            for t in n.inputs:
-                if t._node is not None and id(t._node) not in seen:
-                    seen.add(id(t._node))
-                    stack.append(t._node)
+        node_seqs = [n.seq for n in tg.engine.walk(loss)]
         assert min(node_seqs) > window_starts[-1]
         return loss
 

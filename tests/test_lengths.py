@@ -37,15 +37,7 @@ def rng(seed: int) -> np.random.Generator:
 
 
 def _count_scans(roots: Any) -> int:
-    seen, stack, count = set(), [r._node for r in roots if r._node is not None], 0
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        count += node.op is Scan
-        stack.extend(i._node for i in node.inputs if getattr(i, "_node", None) is not None)
-    return count
+    return sum(n.op is Scan for n in tg.engine.walk(*roots))
 
 
 def layer_grads(layer: nn.Module, x: np.ndarray, state: Any, lengths: Any, R: np.ndarray,

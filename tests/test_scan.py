@@ -89,17 +89,8 @@ def flat(tree: Any) -> list[Any]:
 
 
 def record_ops(*roots: Any) -> list[Any]:
-    """The primitive of every record reachable from the given tensors (iteratively)."""
-    ops, seen = [], set()
-    stack = [t._node for t in roots if getattr(t, "_node", None) is not None]
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        ops.append(node.op)
-        stack.extend(i._node for i in node.inputs if i._node is not None)
-    return ops
+    """The primitive of every record reachable from the given tensors."""
+    return [n.op for n in tg.engine.walk(*[t for t in roots if isinstance(t, tg.Tensor)])]
 
 
 def n_scans(*roots: Any) -> int:

@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from . import ops, scan
-from .engine import Node, Port
+from .engine import Node, Port, walk
 from .errors import ShapeError
 from .tensor import Tensor
 
@@ -113,18 +113,11 @@ def _sources(t: Any) -> list[Any]:
 
 def _leaves_below(root: Tensor) -> list[Tensor]:
     """The leaves that requires grad in the graph of `root` (their .grad will be touched)."""
-    leaves, seen, stack = [], set(), [root._node] if root._node is not None else []
-    while stack:
-        n = stack.pop()
-        for t in n.inputs:
-            if t._node is None:
-                if t.requires_grad and id(t) not in seen:
-                    seen.add(id(t))
-                    leaves.append(t)
-            elif t._node not in seen:
-                seen.add(t._node)
-                stack.append(t._node)
-    return leaves
+    if root._node is None:
+        return []
+    leaves: dict[int, Tensor] = {}
+    walk(root, leaves=leaves)
+    return [t for t in leaves.values() if t.requires_grad]
 
 
 def plot_gradient_flow(norms: Mapping[str, Any], path: str | os.PathLike[str],

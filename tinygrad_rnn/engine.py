@@ -274,13 +274,21 @@ _FREED = ("backward: trying to backward through a graph a second time: its recor
           "(state = tg.detach(state)).")
 
 
-def _collect(seeds: list[Node], since: int, leaves: dict[int, Any] | None = None) -> list[Node]:
-    """The tape below `seeds`: every reachable node, latest recorded first. Nodes recorded before
-    sequence number `since` belong to an enclosing graph and must not be reached. The leaf
-    inputs go into `leaves` (by id), if given."""
-    seen: set[Node] = set(seeds)
+def walk(*roots: Any, since: int = 0, leaves: dict[int, Any] | None = None) -> list[Node]:
+    """Every record reachable from `roots` (Tensors, or records), latest recorded first: the
+    order backward replays them in. The leaf tensors met go into `leaves` (by id), if given.
+    A freed record is a GraphError; so is one recorded before sequence number `since` (records
+    of an enclosing graph, which a checkpoint's replay must not reach)."""
+    seen: set[Node] = set()
+    node_t = Node
+    for r in roots:
+        m = r if type(r) is node_t else r._node
+        if m is not None:
+            seen.add(m)
+        elif leaves is not None:
+            leaves[id(r)] = r
     stack = list(seen)
-    add, push, pop, node_t = seen.add, stack.append, stack.pop, Node  # locals: once per record
+    add, push, pop = seen.add, stack.append, stack.pop  # locals: once per record
     while stack:
         n = pop()
         if n.op is None:  # freed: by a backward, or by one that failed (its saved says why)
@@ -574,10 +582,8 @@ def run_backward(roots: list[Tensor], grads: list[np.ndarray | None], retain_gra
 
     Only records made at or after sequence number `since` may be replayed (see `checkpoint`)."""
     pairs = [(t, g) for t, g in zip(roots, grads) if g is not None and t._requires_grad]
-    outermost = _Replay.depth == 0
-    leaves: dict[int, Any] | None = {id(t): t for t, _ in pairs if t._node is None} \
-        if outermost else None
-    nodes = _collect([t._node for t, _ in pairs if t._node is not None], since, leaves)
+    leaves: dict[int, Any] | None = {} if _Replay.depth == 0 else None
+    nodes = walk(*[t for t, _ in pairs], since=since, leaves=leaves)
     # the leaves' gradients as they were, to restore if this backward fails half-way (copies
     # only of gradients that already exist, i.e. when accumulating over several backwards)
     before = [(t, None if t.grad is None else t.grad.copy()) for t in leaves.values()] \
@@ -585,7 +591,7 @@ def run_backward(roots: list[Tensor], grads: list[np.ndarray | None], retain_gra
     _Replay.depth += 1
     ok = False
     try:
-        for t, g in pairs:  # seeded only now: a failed _collect must leave nothing behind
+        for t, g in pairs:  # seeded only now: a failed walk must leave nothing behind
             _accumulate(t, g)
         _replay(nodes, retain_graph)
         ok = True
