@@ -389,3 +389,12 @@ def test_assigning_float64_data_to_a_float32_parameter_is_refused() -> None:
     assert ys.dtype == np.float64
     lstm.float()
     assert {p.dtype for p in lstm.parameters()} == {np.dtype(np.float32)}
+
+
+def test_integer_input_to_a_recurrence_is_a_dtype_error() -> None:
+    """A dtype problem is a DTypeError (it was a ShapeError), naming the call and the dtype."""
+    with pytest.raises(tg.errors.DTypeError, match="unroll: expected a float array or Tensor as "
+                                                   "input, got dtype int64"):
+        tg.nn.unroll(lambda x, h: (x, x), np.zeros((3, 2, 4), dtype=np.int64))
+    with pytest.raises(tg.errors.DTypeError, match="LSTM: expected a float array"):
+        tg.nn.LSTM(4, 3)(np.zeros((3, 2, 4), dtype=np.int64))

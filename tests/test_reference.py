@@ -15,6 +15,7 @@ import importlib
 import inspect
 import math
 import os
+import pathlib
 import pkgutil
 import re
 import textwrap
@@ -335,3 +336,23 @@ def test_doctests_pass() -> None:
         for test in finder.find(mod):
             runner.run(test)
     assert runner.failures == 0
+
+
+def test_every_error_class_lives_in_errors_py() -> None:
+    """Exceptions and warnings users catch are defined in tinygrad_rnn/errors.py (others
+    re-export them); only control flow private to a module (the scan's Fallback, io's
+    _Terminated) is defined elsewhere."""
+    allowed = {("scan.py", "Fallback"), ("io.py", "_Terminated")}
+    pkg = pathlib.Path(tg.__file__).parent
+    found = []
+    for path in pkg.rglob("*.py"):
+        if path.name == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and any(
+                    getattr(b, "id", getattr(b, "attr", "")).endswith(
+                        ("Error", "Exception", "Warning", "Interrupt"))
+                    for b in node.bases):
+                if (path.name, node.name) not in allowed:
+                    found.append(f"{path.relative_to(pkg)}: {node.name}")
+    assert found == []

@@ -42,7 +42,7 @@ from . import random as _random
 from .engine import (
     ANOMALY, GRAD, TRACE, Deferred, Pieces, _MODE, _Pending, check_finite, unbroadcast,
 )
-from .errors import AnomalyError
+from .errors import AnomalyError, CompileWarning
 from .primitive import TRACER, Primitive
 from .tensor import Tensor
 
@@ -1329,10 +1329,6 @@ def probing() -> Iterator[list[dict[str, Any]]]:
 
 
 # ----------------------------------------------------------------------------- unroll's entry
-class CompileWarning(UserWarning):
-    """A cell runs on the per-op tape instead of as a compiled scan (same results, slower)."""
-
-
 _WARNED: set[Any] = set()
 _PLANS: weakref.WeakKeyDictionary[Any, Plan] = weakref.WeakKeyDictionary()  # by cell: the last
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import ops
-from ..errors import DTypeError, ShapeError
+from ..errors import DTypeError, ShapeError, TargetIndexError
 from ..ops import relu, sigmoid, tanh
 from ..random import rng
 from ..tensor import Tensor, _numeric, dim_alias
@@ -25,11 +25,6 @@ __all__ = [
 ]
 
 _REDUCTIONS = ("mean", "sum", "none")
-
-
-class TargetIndexError(IndexError, ValueError):
-    """A class index outside [0, C) in `cross_entropy` or `nll_loss` (catchable as IndexError or
-    ValueError)."""
 
 
 # ----------------------------------------------------------------------------- helpers

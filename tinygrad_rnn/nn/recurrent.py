@@ -37,7 +37,7 @@ def _as_tensor(x: Any, who: str) -> Tensor:
         return x
     arr = np.asarray(x)
     if arr.dtype.kind != "f":
-        raise ShapeError(f"{who}: expected a float array or Tensor as input, got dtype "
+        raise DTypeError(f"{who}: expected a float array or Tensor as input, got dtype "
                          f"{arr.dtype}")
     return Tensor(arr)
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 import numpy as np
 
 from ..engine import enable_grad, no_grad
+from ..errors import GradcheckError
 from ..tensor import Tensor
 
 
@@ -29,27 +30,6 @@ class _HasParameters(Protocol):
 _Params = Iterable[Tensor] | Iterable[tuple[str, Tensor]] | _HasParameters
 
 _SEED = 0  # fixed: the same cotangents every run, so a failure reproduces
-
-
-class GradcheckError(AssertionError):
-    """Analytic and numeric gradients disagree (or `fn` misbehaved while being checked).
-
-    An AssertionError, so pytest shows it as a failed check. When it is about one gradient entry,
-    `input_index` (or `param_index` and `param_name` for a parameter given with `params=`),
-    `element_index`, `analytic` and `numeric` say which entry and both values.
-    """
-
-    def __init__(self, message: str, input_index: int | None = None,
-                 element_index: tuple[int, ...] | None = None, analytic: float | None = None,
-                 numeric: float | None = None, param_index: int | None = None,
-                 param_name: str | None = None) -> None:
-        super().__init__(message)
-        self.input_index = input_index
-        self.element_index = element_index
-        self.analytic = analytic
-        self.numeric = numeric
-        self.param_index = param_index
-        self.param_name = param_name
 
 
 def gradcheck(fn: Callable[..., Any], inputs: Sequence[Any], eps: float = 1e-6,

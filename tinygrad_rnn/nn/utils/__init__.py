@@ -8,14 +8,11 @@ from typing import Iterable
 
 import numpy as np
 
+from ...errors import NonFiniteNormError
 from ...tensor import Tensor
 from . import rnn
 
 __all__ = ["NonFiniteNormError", "clip_grad_norm_", "clip_grad_value_", "rnn"]
-
-
-class NonFiniteNormError(RuntimeError):
-    """The total gradient norm is nan or inf, so clipping cannot give meaningful gradients."""
 
 
 def _grads(params: Tensor | Iterable[Tensor], fn: str) -> list[np.ndarray]:
