@@ -64,6 +64,10 @@ class Module:
     """Base class of layers: Parameters and Modules assigned as attributes are registered."""
 
     training: bool
+    _parameters: dict[str, Parameter]
+    _modules: dict[str, Module]
+    _buffers: dict[str, Tensor | None]
+    _non_persistent_buffers: set[str]
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", {})
