@@ -123,7 +123,7 @@ def train_truncated(model: Callable[..., Any], xs: Any, ys: Any,
         loss.backward()
         if max_grad_norm is not None:
             from .nn.utils import clip_grad_norm_
-            clip_grad_norm_(params, max_grad_norm)
+            clip_grad_norm_(params, max_grad_norm)  # type: ignore[arg-type]
         optimizer.step()
         losses.append(loss.item())
         start_state, b = next_state, b_next

@@ -134,7 +134,8 @@ class _Call:
         """fn's arguments with fresh leaves for its Tensors, and per argument a holder for its
         gradient (None where none is collected). On `replay`, leaf arguments that need grad are
         the caller's own tensors, and non-leaf ones go through a `_Collect` record."""
-        used, holders = [], []
+        used: list[Any] = []
+        holders: list[list[Any] | None] = []
         for j, (a, need) in enumerate(zip(arrays, needs)):
             if replay and need and j in self.originals:
                 used.append(self.originals[j])
@@ -184,7 +185,10 @@ class _StackedSteps:
     Ports. (For `unroll` itself, a list and one `stack` measured faster.)"""
 
     def __init__(self, steps: int) -> None:
-        self.steps, self.out, self.refs, self.needs = steps, None, [], []
+        self.steps = steps
+        self.out: np.ndarray | None = None
+        self.refs: list[Any] = []
+        self.needs: list[bool] = []
 
     def add(self, y: Any) -> None:
         y = y if isinstance(y, Tensor) else Tensor(y)

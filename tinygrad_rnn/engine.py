@@ -54,7 +54,7 @@ class Node:
     _requires_grad = requires_grad = True
 
     def __init__(self, op: type[Primitive], inputs: tuple[Any, ...], saved: Any,
-                 needs: tuple[bool, ...], nout: int | None = None, where: str | None = None,
+                 needs: tuple[bool, ...], nout: int | None = None, where: Any = None,
                  shape: tuple[int, ...] = (), dtype: Any = None) -> None:
         self.op: type[Primitive] | None = op  # None once the record has been freed
         self.inputs = inputs  # leaf Tensors, Nodes (single-output inputs) and Ports
@@ -63,7 +63,7 @@ class Node:
         self.seq = next(_seq)
         self.nout = nout  # None: one output; an int: a multi-output op (grad is a list)
         self.grad: Any = None if nout is None else [None] * nout
-        self.where = where  # the user's source line, recorded under detect_anomaly
+        self.where = where  # the user's line (SourceLine or str): for errors
         self.retained: list[Tensor] | None = None
         self.shape, self.dtype = shape, dtype  # of the (single) output
 
@@ -240,7 +240,7 @@ def user_source_line() -> str:
 
 
 def check_finite(op_name: str, what: str, arrays: Iterator[np.ndarray] | list[np.ndarray],
-                 where: str | None) -> None:
+                 where: Any) -> None:
     for a in arrays:
         if a is not None and a.dtype.kind == "f" and not np.isfinite(a).all():
             bad = "NaN" if np.isnan(a).any() else "Inf"
@@ -404,7 +404,7 @@ class Pieces(list):
 
     def stacked(self) -> np.ndarray:
         """The pieces as one array (n, ...)."""
-        return self.rows if self.rows is not None else np.stack(list.__iter__(self))
+        return self.rows if self.rows is not None else np.stack(list(list.__iter__(self)))
 
 
 DEFERRED_ROWS = 1024
@@ -598,8 +598,8 @@ def run_backward(roots: list[Tensor], grads: list[np.ndarray | None], retain_gra
     except BaseException as e:
         if before is not None:  # all or nothing: no gradient of the failed backward stays
             _Replay.deferred = {}
-            for t, g in before:
-                t.grad = g
+            for t, old in before:
+                t.grad = old
             why = (f"backward: an earlier backward through this graph raised {type(e).__name__}"
                    f" ({e}) after freeing part of it; the gradients it had accumulated were "
                    f"undone. Run the forward again (with retain_graph=True nothing is freed, so "
@@ -687,7 +687,7 @@ def _replay(nodes: list[Node], retain_graph: bool) -> None:
                 else:
                     np.add(t.grad, gi, t.grad)
         if not retain_graph:
-            n.op = n.inputs = n.saved = None
+            n.op = n.inputs = n.saved = None  # type: ignore[assignment]
 
 
 _SPECIAL = frozenset((Deferred, Pieces, _Pending))  # gradients that _accumulate unpacks

@@ -213,7 +213,7 @@ def _write_safetensors(f: IO[bytes], arrays: Mapping[str, np.ndarray]) -> None:
     for key in layout:
         value = arrays[key]
         data = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
-        view = memoryview(data.reshape(-1).view(np.uint8))
+        view = memoryview(data.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
         for start in range(0, len(view), _CHUNK):
             f.write(view[start:start + _CHUNK])
 
@@ -510,7 +510,10 @@ def _npz_members(f: IO[bytes], path: str, size: int, max_bytes: int,
                  infos: list[zipfile.ZipInfo]) -> list[tuple[str, zipfile.ZipInfo, int]]:
     """(key, zip entry, offset of its data) per member, once names, methods, sizes and places
     are checked: nothing is read into memory that the file does not hold, nor twice."""
-    members, keys, spans, total = [], {}, [], 0
+    members: list[Any] = []
+    keys: dict[str, Any] = {}
+    spans: list[Any] = []
+    total = 0
     for info in infos:
         name = info.orig_filename
         where = _member(name)
@@ -554,7 +557,7 @@ def _check_tiling(f: IO[bytes], path: str, spans: list[tuple[int, int, str, bool
             raise _bad(path, f"corrupt: it starts at byte {begin:,}, but the member before it "
                              f"ends at byte {at:,}", _member(name))
         # a member written to a stream is followed by a data descriptor of 12 to 24 bytes
-        at, slack = end, (12, 16, 20, 24) if descriptor else (0,)
+        at, slack = end, ((12, 16, 20, 24) if descriptor else (0,))  # type: ignore[assignment]
     for gap in slack if spans else ():
         f.seek(at + gap)
         if f.read(4) == b"PK\x01\x02":
@@ -615,7 +618,7 @@ def _read_npy_member(f: IO[bytes], path: str, info: zipfile.ZipInfo,
                          f"({nbytes:,} bytes after a {header_len}-byte header) but the member "
                          f"holds {info.file_size:,} bytes", where)
     flat = _read_flat(f, path, where, start + header_len, dtype, math.prod(shape))
-    crc = zlib.crc32(flat.view(np.uint8), zlib.crc32(raw[:header_len]))
+    crc = zlib.crc32(flat.view(np.uint8), zlib.crc32(raw[:header_len]))  # type: ignore[arg-type]
     if crc != info.CRC:
         raise _bad(path, f"corrupt: its bytes do not match the checksum (CRC-32 {crc:#010x}, "
                          f"the zip directory says {info.CRC:#010x})", where)
@@ -639,7 +642,7 @@ def _read_flat(f: IO[bytes], path: str, where: str, offset: int, dtype: np.dtype
                count: int) -> np.ndarray:
     """`count` items of `dtype` from `offset`; the caller has checked that the file holds them."""
     flat = np.empty(count, dtype)
-    buf = memoryview(flat.view(np.uint8))
+    buf = memoryview(flat.view(np.uint8))  # type: ignore[arg-type]
     f.seek(offset)
     got = 0
     while got < len(buf):

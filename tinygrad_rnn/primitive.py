@@ -140,7 +140,7 @@ class Primitive:
                 a, b = inputs
                 out, saved = (cls.forward(a.data, b.data, **params) if params else
                               cls.forward(a.data, b.data))
-                needs = (a._requires_grad, b._requires_grad)
+                needs: tuple[bool, ...] = (a._requires_grad, b._requires_grad)
             elif n == 1:
                 a = inputs[0]
                 out, saved = cls.forward(a.data, **params) if params else cls.forward(a.data)
@@ -195,8 +195,8 @@ class Primitive:
             else:
                 node = Node(cls, ins, saved, needs, len(out), where)
         if m & ANOMALY:
-            where = node.where if node is not None else user_source_line()
-            check_finite(cls.name, "output", list(out) if cls.nout is None else [out], where)
+            check_finite(cls.name, "output", list(out) if cls.nout is None else [out],
+                         node.where if node is not None else user_source_line())
         if single:  # Tensor._from_op, inlined: this runs once per operation
             t = _new(Tensor)
             t._data = out

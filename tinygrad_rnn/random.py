@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextvars import ContextVar, Token
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -33,7 +33,7 @@ def rng() -> np.random.Generator:
     return _rng if own is None else own
 
 
-def generator_at(state: dict) -> np.random.Generator:
+def generator_at(state: Any) -> np.random.Generator:
     """A new generator, independent of the shared one, starting from `state` (get_state's)."""
     g = np.random.Generator(type(_rng.bit_generator)())
     g.bit_generator.state = state
@@ -82,7 +82,7 @@ def draw_from_copy() -> None:
         _OWN.set(generator_at(rng_quiet().bit_generator.state))
 
 
-def get_state() -> dict:
+def get_state() -> Any:
     """A snapshot of the current generator's state (checkpointing replays dropout masks with it)."""
     return rng_quiet().bit_generator.state
 

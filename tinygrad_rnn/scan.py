@@ -517,10 +517,10 @@ class _Layout:
         self.offset = [0] * len(p.instrs)  # 1: a state buffer, row t + 1 written at step t
         self.state_buf: dict[int, int] = {}  # state part -> its operation's buffer
         for j, s in enumerate(p.new_slots):
-            i = self.producer.get(s)
-            if i is not None and p.new_slots.count(s) == 1 and self.offset[i] == 0:
-                self.offset[i] = 1
-                self.state_buf[j] = i
+            k = self.producer.get(s)
+            if k is not None and p.new_slots.count(s) == 1 and self.offset[k] == 0:
+                self.offset[k] = 1
+                self.state_buf[j] = k
         self.y_buf = self.producer.get(p.y)
         # Where every part of what an operation saves is a buffer row, a time-invariant value
         # or a constant, nothing is kept per step: the backward reads the rows (`rows_of`)
@@ -910,8 +910,9 @@ class _Backward:
                 elif s not in defined:
                     L.append(f"{ind}g{s} = {expr}")
                     # g itself, passed on: the output's gradient, or the array the lines made
-                    if expr == "(g)" and (tmpl[0] or not ins.multi) and not guard:
-                        same[s] = -1 - i if tmpl[0] else root(ins.outs[0])
+                    lines = tmpl[0] if tmpl is not None else ()
+                    if expr == "(g)" and (lines or not ins.multi) and not guard:
+                        same[s] = -1 - i if lines else root(ins.outs[0])
                 elif s in maybe_none:
                     L.append(f"{ind}g{s} = acc(g{s}, {expr})")
                     same.pop(s, None)
@@ -1031,6 +1032,8 @@ def _stacked(p: Plan, bufs: list[Any] | None, X: Any, i: int, per_step: list[Any
     refs = lay.tmpl[i][2] if bufs is not None and lay.tmpl[i] is not None else None
     if refs is None:
         return _stack_saved(per_step, fixed, out_ndim)
+
+    assert bufs is not None  # refs come from the buffers' layout
 
     def one(ref: Any, values: list[Any]) -> Any:
         rows = None
@@ -1419,5 +1422,6 @@ def source(cell: Any, xs: Any, state: Any = None) -> str:
     if plan is None:
         raise Fallback("this cell runs on the per-op tape (see the warning)")
     needs = (True,) * (plan.nx + plan.ns + len(plan.consts))
-    return (plan.forward_code(True, False).source + "\n" +
-            plan.backward_code(needs, True).fn.source)
+    fwd: Any = plan.forward_code(True, False)
+    bwd: Any = plan.backward_code(needs, True).fn
+    return fwd.source + "\n" + bwd.source

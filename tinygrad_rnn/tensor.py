@@ -83,6 +83,7 @@ class Tensor:
     # (the Tensor itself), the Node for a single-output result, the Port for one output of a
     # multi-output record
     __slots__ = ("_data", "grad", "_requires_grad", "_node", "_idx", "_ref")
+    _idx: int  # which output of a multi-output record (set by _from_outputs)
     __array_ufunc__ = None  # `ndarray + Tensor` defers to Tensor.__radd__ instead of looping
 
     def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None) -> None:

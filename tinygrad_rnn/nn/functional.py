@@ -180,7 +180,7 @@ class _ClassTargets:
             self.index: Any = (safe,)
         else:  # (arange(N), target, arange(d1), ...), broadcast against each other
             grid = np.indices(tgt.shape, sparse=True)
-            self.index = (grid[0], safe, *grid[1:])
+            self.index = (grid[0], safe, *grid[1:])  # type: ignore[misc]
         self.weight = None if weight is None else _class_weights(weight, c, x.dtype, fn)
         self.picked_weight = None if self.weight is None else self.weight[safe]
 

@@ -77,7 +77,8 @@ class Embedding(Module):
         if idx.size and (idx.min() < 0 or idx.max() >= self.num_embeddings):
             bad = idx[(idx < 0) | (idx >= self.num_embeddings)].ravel()[0]
             raise IndexError(f"Embedding: index {bad} is out of range for "
-                             f"{self.num_embeddings} embeddings (valid: 0..{self.num_embeddings - 1})")
+                             f"{self.num_embeddings} embeddings "
+                             f"(valid: 0..{self.num_embeddings - 1})")
         out = self.weight[idx]
         if self.padding_idx is not None:
             # same values, but the padding rows reach the weight only through a detached copy

@@ -22,6 +22,9 @@ def _weight_buffer(module: Module, name: str, weight: Any) -> None:
 class _Loss(Module):
     """A loss with a `reduction` ('mean', 'sum' or 'none'), checked when it is made."""
 
+    weight: Tensor | None  # class weights (a buffer), in the losses that take them
+    pos_weight: Tensor | None
+
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
         F._check_reduction(reduction, type(self).__name__)

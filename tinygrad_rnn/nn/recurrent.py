@@ -84,7 +84,7 @@ def unroll(cell: Callable[..., Any], xs: Any, state: State = None, batch_first: 
     if state is None and hasattr(cell, "initial_state"):
         state = cell.initial_state(xs.shape[1])
     seq: Any = xs
-    runner = cell  # `cell` stays referenced here: the wrapper below holds it only weakly
+    runner: Any = cell  # `cell` stays referenced here: the wrapper below holds it only weakly
     if lengths is not None:
         lens = check_lengths(lengths, xs.shape[0], xs.shape[1], "unroll")
         if lens.min() < xs.shape[0]:  # else every sequence is whole: nothing to mask
@@ -130,7 +130,7 @@ class _Masked:
     weakly, or the cache would keep every cell alive."""
 
     def __init__(self, cell: Any, weak: bool) -> None:
-        self._cell = weakref.ref(cell) if weak else (lambda: cell)
+        self._cell: Callable[[], Any] = weakref.ref(cell) if weak else (lambda: cell)
         self.tuple_x = False
 
     @property
@@ -228,6 +228,8 @@ class _CellBase(Module):
     """Shared parameters and checks of RNNCell/LSTMCell/GRUCell (PyTorch layout and init)."""
 
     gates = 1
+    bias_ih: Parameter | None
+    bias_hh: Parameter | None
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  dtype: Any = np.float32) -> None:
@@ -362,7 +364,7 @@ class GRUCell(_CellBase):
     # xn again sums b_hn's gradient once per projection, which breaks checkpoint's bit-identity.)
     fold_bias_hh = False
 
-    def project(self, xs: Tensor) -> tuple[Tensor, Tensor]:
+    def project(self, xs: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         """(x W_ih^T + b_ih, its n part x W_in^T + b_in): (..., I) -> ((..., 3H), (..., H))."""
         xp = super().project(xs)
         return xp, xp[..., 2 * self.hidden_size:]
@@ -383,6 +385,7 @@ class _RNNBase(Module):
     """Multi-layer, optionally bidirectional recurrence with PyTorch's parameter names."""
 
     cell_class: type[_CellBase] = RNNCell
+    _cells: list[_CellBase]  # one per layer and direction, sharing this module's Parameters
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,

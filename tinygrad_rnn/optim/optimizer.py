@@ -75,7 +75,7 @@ class Optimizer:
                              f"Parameters, or was the parameters() generator already consumed?)")
         if all(isinstance(item, Mapping) for item in items):
             for group in items:
-                self.add_param_group(dict(group))
+                self.add_param_group(dict(group))  # type: ignore[call-overload]
         else:
             self.add_param_group({"params": items})
 

@@ -110,13 +110,13 @@ def gradcheck(fn: Callable[..., Any], inputs: Sequence[Any], eps: float = 1e-6,
         if not np.array_equal(t.data, a, equal_nan=a.dtype.kind == "f"):
             raise GradcheckError(f"gradcheck: fn modified input {i} (shape {a.shape}) in place; "
                                  f"operations must return new tensors", input_index=i)
-    for j, (w, a, o) in enumerate(zip(weights, kept, originals)):
+    for j, (w, a, o) in enumerate(zip(weights, kept, originals)):  # type: ignore[assignment]
         if w.data is not a or not np.array_equal(a, o, equal_nan=True):
             label = _param_label(names[j], places[j], o.shape)
             raise GradcheckError(f"gradcheck: fn modified {label} in place; fn must only read "
                                  f"the parameters", param_index=places[j], param_name=names[j])
     analytic = []
-    for i, (t, w) in enumerate(zip(leaves, wants)):
+    for i, (t, w) in enumerate(zip(leaves, wants)):  # type: ignore[assignment]
         g = t.grad if w and t.grad is not None else np.zeros(t.shape)
         if g.shape != t.shape or g.dtype != np.float64:
             raise GradcheckError(f"gradcheck: the analytic gradient of input {i} has shape "
@@ -157,16 +157,16 @@ def gradcheck(fn: Callable[..., Any], inputs: Sequence[Any], eps: float = 1e-6,
                     f"of L = sum_k sum(out_k * r_k), random r_k)",
                     element_index=idx, analytic=a, numeric=n, **which)
 
-    for i, (x, w) in enumerate(zip(work, wants)):
+    for i, (x, w) in enumerate(zip(work, wants)):  # type: ignore[assignment]
         if w:
             compare(x, analytic[i], f"input {i} (shape {x.shape})", input_index=i)
     try:
         for j, a in enumerate(kept):
-            g = param_grads[j] if param_grads[j] is not None else np.zeros(a.shape)
-            compare(a, g, _param_label(names[j], places[j], a.shape), param_index=places[j],
+            pg: Any = param_grads[j] if param_grads[j] is not None else np.zeros(a.shape)
+            compare(a, pg, _param_label(names[j], places[j], a.shape), param_index=places[j],
                     param_name=names[j])
     finally:
-        for a, o in zip(kept, originals):
+        for a, o in zip(kept, originals):  # type: ignore[assignment]
             np.copyto(a, o)  # exactly the caller's values, also when fn raised mid-perturbation
     return True
 

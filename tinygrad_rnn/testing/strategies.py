@@ -58,7 +58,7 @@ def _elements(dtype: np.dtype, lo: float, hi: float, min_magnitude: float) -> Se
     def floats(a: float, b: float) -> SearchStrategy[float]:
         return st.floats(_float_bound(a, width, True), _float_bound(b, width, False),
                          allow_nan=False, allow_infinity=False, allow_subnormal=False,
-                         width=width)
+                         width=width)  # type: ignore[arg-type]
 
     if min_magnitude <= 0:
         return floats(lo, hi)

@@ -1,0 +1,15 @@
+"""The package type-checks: mypy (in the dev extra) reports nothing on tinygrad_rnn/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+def test_mypy_finds_nothing_in_the_package(tmp_path: Path) -> None:
+    api = pytest.importorskip("mypy.api")  # installed by `pip install -e ".[dev]"`
+    package = Path(__file__).resolve().parent.parent / "tinygrad_rnn"
+    out, err, status = api.run([str(package), "--ignore-missing-imports",
+                                "--cache-dir", str(tmp_path / "mypy_cache")])
+    assert status == 0, out + err
