@@ -129,6 +129,13 @@ def _state(fx: Fixture, inputs: dict[str, Any]) -> Any:
 
 # ----------------------------------------------------------------------------- layers
 
+def _layer_outs(fx: Fixture, output: Any, final: Any) -> dict[str, Any]:
+    """A layer's output and final state by the fixture's names: output, h_n [c_n]."""
+    if fx.meta["cls"] == "LSTM":
+        return {"output": output, "h_n": final[0], "c_n": final[1]}
+    return {"output": output, "h_n": final}
+
+
 @_cases("seq")
 def test_recurrent_layer(fx: Fixture) -> None:
     """nn.RNN / nn.LSTM / nn.GRU: outputs, final states and every gradient."""
@@ -136,12 +143,7 @@ def test_recurrent_layer(fx: Fixture) -> None:
     inputs = _inputs(fx)
     state = _state(fx, inputs)
     output, final = layer(inputs["x"]) if state is None else layer(inputs["x"], state)
-    if fx.meta["cls"] == "LSTM":
-        h_n, c_n = final
-        outs = {"output": output, "h_n": h_n, "c_n": c_n}
-    else:
-        outs = {"output": output, "h_n": final}
-    _check(fx, outs, inputs, dict(layer.named_parameters()))
+    _check(fx, _layer_outs(fx, output, final), inputs, dict(layer.named_parameters()))
 
 
 @_cases("packed")
@@ -172,12 +174,7 @@ def test_variable_length_layer(fx: Fixture, how: str) -> None:
         np.testing.assert_array_equal(lengths, inputs["lengths"])
     else:
         output, final = layer(inputs["x"], state, lengths=inputs["lengths"])
-    if fx.meta["cls"] == "LSTM":
-        h_n, c_n = final
-        outs = {"output": output, "h_n": h_n, "c_n": c_n}
-    else:
-        outs = {"output": output, "h_n": final}
-    _check(fx, outs, inputs, dict(layer.named_parameters()))
+    _check(fx, _layer_outs(fx, output, final), inputs, dict(layer.named_parameters()))
 
 
 @_cases("cell")
