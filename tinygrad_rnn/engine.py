@@ -321,12 +321,17 @@ _WRITES: dict[int, int] = {}  # id(memory owner) -> seq of its last in-place wri
 _last_write = -1
 
 
+def memory_owner(a: np.ndarray) -> Any:
+    """The object that owns `a`'s memory: a itself, or the array (or buffer) it views."""
+    return a if a.base is None else a.base
+
+
 def written(a: np.ndarray) -> None:
     """Note an in-place write into `a` (any view of its memory): records made before now that
     saved that memory raise a GraphError at backward instead of using the changed values."""
     global _last_write
     _last_write = s = next(_seq)
-    _WRITES[id(a if a.base is None else a.base)] = s
+    _WRITES[id(memory_owner(a))] = s
 
 
 def _check_saved(n: Node) -> None:
@@ -337,7 +342,7 @@ def _check_saved(n: Node) -> None:
         if type(x) is tuple or type(x) is list:
             stack.extend(x)
         elif isinstance(x, np.ndarray):
-            w = _WRITES.get(id(x if x.base is None else x.base))
+            w = _WRITES.get(id(memory_owner(x)))
             if w is not None and w > n.seq:
                 op: Any = n.op
                 describe = getattr(op, "describe_saved", None)

@@ -29,8 +29,7 @@ def rng() -> np.random.Generator:
     w = _WATCH.get()
     if w is not None:
         w()
-    own = _OWN.get()
-    return _rng if own is None else own
+    return rng_quiet()
 
 
 def generator_at(state: Any) -> np.random.Generator:

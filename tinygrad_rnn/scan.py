@@ -40,7 +40,8 @@ import numpy as np
 
 from . import random as _random
 from .engine import (
-    ANOMALY, GRAD, TRACE, Deferred, Pieces, _MODE, _Pending, check_finite, unbroadcast,
+    ANOMALY, GRAD, TRACE, Deferred, Pieces, _MODE, _Pending, check_finite, memory_owner,
+    unbroadcast,
 )
 from .errors import AnomalyError, CompileWarning
 from .primitive import TRACER, Primitive
@@ -1122,10 +1123,7 @@ class Scan(Primitive):
     def describe_saved(saved: Any, a: np.ndarray) -> str:
         """Which operation of the step saved `a` (for the error of a value changed in place)."""
         p, _, _, C, _, _, bufs, _, _ = saved
-
-        def owner(x: Any) -> Any:
-            return x if x.base is None else x.base
-
+        owner = memory_owner
         for k, c in enumerate(C):
             if isinstance(c, np.ndarray) and owner(c) is owner(a):
                 users = [f"{ins.op.name} at {ins.where}" for ins in p.instrs

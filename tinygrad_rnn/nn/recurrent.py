@@ -32,10 +32,11 @@ from .utils.rnn import PackedSequence, check_lengths, pad_packed_sequence, repac
 State = Any
 
 
-def _as_tensor(x: Any, who: str) -> Tensor:
+def _as_tensor(x: Any, who: str, dtype: Any = None) -> Tensor:
+    """x as a float Tensor; a list (not an array) becomes `dtype` (a layer's), if given."""
     if isinstance(x, Tensor):
         return x
-    arr = np.asarray(x)
+    arr = np.asarray(x, dtype=None if isinstance(x, np.ndarray) else dtype)
     if arr.dtype.kind != "f":
         raise DTypeError(f"{who}: expected a float array or Tensor as input, got dtype "
                          f"{arr.dtype}")
@@ -282,8 +283,7 @@ class _CellBase(Module):
 
     def _check_input(self, x: Any) -> Tensor:
         want = self.weight_ih.dtype
-        x = _as_tensor(x if isinstance(x, (Tensor, np.ndarray)) else np.asarray(x, dtype=want),
-                       type(self).__name__)
+        x = _as_tensor(x, type(self).__name__, want)
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise ShapeError(f"{type(self).__name__}: expected input of shape (B, "
                              f"{self.input_size}) or ({self.input_size},), got {x.shape}")
@@ -489,8 +489,7 @@ class _RNNBase(Module):
                 self.batch_first = first
             return repack(out, x), final
         want = self._cells[0].weight_ih.dtype
-        x = _as_tensor(x if isinstance(x, (Tensor, np.ndarray)) else np.asarray(x, dtype=want),
-                       type(self).__name__)
+        x = _as_tensor(x, type(self).__name__, want)
         self._check(x)
         x = _fit_dtype(x, want, type(self).__name__, "input")
         unbatched = x.ndim == 2
