@@ -663,17 +663,17 @@ def test_checkpoint_every_gives_the_gradients_of_the_plain_scan_bit_for_bit(
 @pytest.mark.parametrize("c_order", [True, False])
 def test_a_product_over_time_steps_has_numpy_step_by_step_bits(
         dtype: Any, batch: int, c_order: bool) -> None:
-    """ops._steps_matmul (linear's and matmul's (T, ..., n) @ (n, m), forward and backward) is
+    """fused._steps_matmul (linear's and matmul's (T, ..., n) @ (n, m), forward and backward) is
     one GEMM over all rows only where that gives the bits of numpy's step-by-step product, which
     is what segment-by-segment projection under checkpoint_every relies on: at any batch, for a
     weight in either memory order, and on data other than the probe's."""
-    from tinygrad_rnn import ops
+    from tinygrad_rnn.primitives import fused
     g = rng(80 + batch)
     a = g.standard_normal((13, batch, 300)).astype(dtype)
     w = g.standard_normal((96, 300)).astype(dtype)
     b = w.T if c_order is False else np.ascontiguousarray(w.T)
     for part in (a, a[:5], a[5:6]):  # the whole sequence and two segments
-        got = ops._steps_matmul(part, b)
+        got = fused._steps_matmul(part, b)
         want = np.stack([part[t] @ b for t in range(part.shape[0])])
         assert got.dtype == dtype and np.array_equal(got, want)
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .tensor import Tensor, from_numpy, tensor  # first: .ops needs the Tensor class
+from .tensor import Tensor, from_numpy, tensor
 from .engine import detect_anomaly, enable_grad, is_grad_enabled, no_grad
 from .errors import AnomalyError, DTypeError, GraphError, ShapeError
 from .ops import (

@@ -265,176 +265,176 @@ class Tensor:
 
     # ------------------------------------------------------------------ arithmetic
     def __add__(self, other: Any) -> Tensor:
-        return Add.apply(self, other if isinstance(other, Tensor) else _const(other, self, "add"))
+        return _ops.Add.apply(self, other if isinstance(other, Tensor) else _const(other, self, "add"))
 
     def __radd__(self, other: Any) -> Tensor:
-        return Add.apply(_const(other, self, "add"), self)
+        return _ops.Add.apply(_const(other, self, "add"), self)
 
     def __sub__(self, other: Any) -> Tensor:
-        return Sub.apply(self, other if isinstance(other, Tensor) else _const(other, self, "sub"))
+        return _ops.Sub.apply(self, other if isinstance(other, Tensor) else _const(other, self, "sub"))
 
     def __rsub__(self, other: Any) -> Tensor:
-        return Sub.apply(_const(other, self, "sub"), self)
+        return _ops.Sub.apply(_const(other, self, "sub"), self)
 
     def __mul__(self, other: Any) -> Tensor:
-        return Mul.apply(self, other if isinstance(other, Tensor) else _const(other, self, "mul"))
+        return _ops.Mul.apply(self, other if isinstance(other, Tensor) else _const(other, self, "mul"))
 
     def __rmul__(self, other: Any) -> Tensor:
-        return Mul.apply(_const(other, self, "mul"), self)
+        return _ops.Mul.apply(_const(other, self, "mul"), self)
 
     def __truediv__(self, other: Any) -> Tensor:
-        return Div.apply(self, other if isinstance(other, Tensor) else _const(other, self, "div"))
+        return _ops.Div.apply(self, other if isinstance(other, Tensor) else _const(other, self, "div"))
 
     def __rtruediv__(self, other: Any) -> Tensor:
-        return Div.apply(_const(other, self, "div"), self)
+        return _ops.Div.apply(_const(other, self, "div"), self)
 
     def __matmul__(self, other: Any) -> Tensor:
-        return MatMul.apply(self, other if isinstance(other, Tensor) else
+        return _ops.MatMul.apply(self, other if isinstance(other, Tensor) else
                             _const(other, self, "matmul"))
 
     def __rmatmul__(self, other: Any) -> Tensor:
-        return MatMul.apply(_const(other, self, "matmul"), self)
+        return _ops.MatMul.apply(_const(other, self, "matmul"), self)
 
     def __neg__(self) -> Tensor:
-        return Neg.apply(self)
+        return _ops.Neg.apply(self)
 
     def __pow__(self, p: Any) -> Tensor:
-        return pow(self, p)
+        return _ops.pow(self, p)
 
     def __rpow__(self, base: Any) -> Tensor:
         if not isinstance(base, _NUMBERS):
             raise TypeError(f"pow: the base of number ** Tensor must be a real number, got "
                             f"{type(base).__name__}")
-        return exp(self * float(np.log(base)))
+        return _ops.exp(self * float(np.log(base)))
 
     def __getitem__(self, index: Any) -> Tensor:
-        return GetItem.apply(self, index=_index(index))
+        return _ops.GetItem.apply(self, index=_index(index))
 
     # ------------------------------------------------------------------ methods (as PyTorch)
     def matmul(self, other: Any) -> Tensor:
         return self @ other
 
     def exp(self) -> Tensor:
-        return Exp.apply(self)
+        return _ops.Exp.apply(self)
 
     def log(self) -> Tensor:
-        return Log.apply(self)
+        return _ops.Log.apply(self)
 
     def tanh(self) -> Tensor:
-        return Tanh.apply(self)
+        return _ops.Tanh.apply(self)
 
     def sigmoid(self) -> Tensor:
-        return Sigmoid.apply(self)
+        return _ops.Sigmoid.apply(self)
 
     def relu(self) -> Tensor:
-        return Relu.apply(self)
+        return _ops.Relu.apply(self)
 
     def sqrt(self) -> Tensor:
-        return Sqrt.apply(self)
+        return _ops.Sqrt.apply(self)
 
     def abs(self) -> Tensor:
-        return Abs.apply(self)
+        return _ops.Abs.apply(self)
 
     def pow(self, p: float) -> Tensor:
-        return pow(self, p)
+        return _ops.pow(self, p)
 
     def clip(self, lo: float | None = None, hi: float | None = None) -> Tensor:
-        return clip(self, lo, hi)
+        return _ops.clip(self, lo, hi)
 
     clamp = clip
 
     def maximum(self, other: Any) -> Tensor:
-        return maximum(self, other)
+        return _ops.maximum(self, other)
 
     def addcmul(self, t1: Any, t2: Any, value: float = 1) -> Tensor:
         """self + value * t1 * t2, one record (torch.Tensor.addcmul)."""
-        return addcmul(self, t1, t2, value)
+        return _ops.addcmul(self, t1, t2, value)
 
     def lerp(self, end: Any, weight: Any) -> Tensor:
         """self + weight * (end - self), one record (torch.Tensor.lerp)."""
-        return lerp(self, end, weight)
+        return _ops.lerp(self, end, weight)
 
     @dim_alias
     def sum(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
-        return Sum.apply(self, axis=axis, keepdims=keepdims)
+        return _ops.Sum.apply(self, axis=axis, keepdims=keepdims)
 
     @dim_alias
     def mean(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
-        return Mean.apply(self, axis=axis, keepdims=keepdims)
+        return _ops.Mean.apply(self, axis=axis, keepdims=keepdims)
 
     @dim_alias
     def max(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
         """Maximum over `axis`. Unlike torch.max(dim=...), only the values: see argmax."""
-        return Max.apply(self, axis=axis, keepdims=keepdims)
+        return _ops.Max.apply(self, axis=axis, keepdims=keepdims)
 
     @dim_alias
     def logsumexp(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
-        return LogSumExp.apply(self, axis=axis, keepdims=keepdims)
+        return _ops.LogSumExp.apply(self, axis=axis, keepdims=keepdims)
 
     @dim_alias
     def argmax(self, axis: int | None = None, keepdims: bool = False) -> Tensor:
         """Index of the maximum along `axis` (of the flattened tensor when None): an int64
         Tensor without gradient, as torch.argmax."""
-        return argmax(self, axis, keepdims)
+        return _ops.argmax(self, axis, keepdims)
 
     @dim_alias
     def argmin(self, axis: int | None = None, keepdims: bool = False) -> Tensor:
         """Index of the minimum along `axis`, as argmax."""
-        return argmin(self, axis, keepdims)
+        return _ops.argmin(self, axis, keepdims)
 
     def reshape(self, *shape: Any) -> Tensor:
-        return reshape(self, *shape)
+        return _ops.reshape(self, *shape)
 
     def view(self, *shape: Any) -> Tensor:
         """PyTorch's view, here the same as reshape: numpy returns a view when it can and a
         copy otherwise (never an error for non-contiguous data); gradients are the same."""
-        return reshape(self, *shape)
+        return _ops.reshape(self, *shape)
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> Tensor:
         """Axes start_dim..end_dim merged into one (torch.flatten); a 0-d tensor becomes (1,)."""
-        return flatten(self, start_dim, end_dim)
+        return _ops.flatten(self, start_dim, end_dim)
 
     def transpose(self, *axes: Any) -> Tensor:
-        return transpose(self, *axes)
+        return _ops.transpose(self, *axes)
 
     @property
     def T(self) -> Tensor:
-        return Transpose.apply(self, axes=None)
+        return _ops.Transpose.apply(self, axes=None)
 
     def t(self) -> Tensor:
         """Transpose of a 2-d tensor (torch.Tensor.t); a 0-d or 1-d tensor is returned as is."""
         if self.data.ndim > 2:
             raise ShapeError(f"t: expects a tensor with at most 2 dims, got shape {self.shape}; "
                              f"use swapaxes(a, b) or permute(...) instead")
-        return self if self.data.ndim < 2 else Transpose.apply(self, axes=None)
+        return self if self.data.ndim < 2 else _ops.Transpose.apply(self, axes=None)
 
     @dim_alias
     def split(self, split_size_or_sizes: int | Sequence[int], axis: int = 0) -> tuple[Tensor, ...]:
-        return split(self, split_size_or_sizes, axis)
+        return _ops.split(self, split_size_or_sizes, axis)
 
     @dim_alias
     def chunk(self, n: int, axis: int = 0) -> tuple[Tensor, ...]:
-        return chunk(self, n, axis)
+        return _ops.chunk(self, n, axis)
 
     @dim_alias
     def unbind(self, axis: int = 0) -> tuple[Tensor, ...]:
-        return unbind(self, axis)
+        return _ops.unbind(self, axis)
 
     def swapaxes(self, a: int, b: int) -> Tensor:
-        return swapaxes(self, a, b)
+        return _ops.swapaxes(self, a, b)
 
     def permute(self, *axes: Any) -> Tensor:
-        return transpose(self, *axes)
+        return _ops.transpose(self, *axes)
 
     @dim_alias
     def squeeze(self, axis: Axis = None) -> Tensor:
         """Drop the given size-1 axes (all of them when None); others are kept, as PyTorch."""
-        return squeeze(self, axis)
+        return _ops.squeeze(self, axis)
 
     @dim_alias
     def unsqueeze(self, axis: int) -> Tensor:
         """Insert a size-1 axis at position `axis` (in [-ndim - 1, ndim])."""
-        return unsqueeze(self, axis)
+        return _ops.unsqueeze(self, axis)
 
     # ------------------------------------------------------------------ PyTorch's other spellings
     def new_zeros(self, *size: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
@@ -590,6 +590,12 @@ def _no_device(device: Any, op: str) -> RuntimeError:
                         f"the CPU with numpy only (use 'cpu', or leave the device out)")
 
 
+def _norm_axis(axis: int, ndim: int, op: str) -> int:
+    if not -ndim <= axis < ndim:
+        raise ShapeError(f"{op}: axis {axis} is out of range for a tensor with {ndim} dims")
+    return axis % ndim
+
+
 def _index(index: Any) -> Any:
     """Turn Tensors and lists inside an index into numpy arrays (numpy indexing semantics)."""
     if isinstance(index, tuple):
@@ -601,9 +607,11 @@ def _index(index: Any) -> Any:
     return index
 
 
-# the primitives need Tensor, so they are imported after it is defined
-from .ops import (  # noqa: E402
-    Abs, Add, Div, Exp, GetItem, Log, LogSumExp, MatMul, Max, Mean, Mul, Neg, Relu, Sigmoid,
-    Sqrt, Sub, Sum, Tanh, Transpose, _norm_axis, addcmul, argmax, argmin, chunk, clip, exp,
-    flatten, lerp, maximum, pow, reshape, split, squeeze, swapaxes, transpose, unbind, unsqueeze,
-)
+# The operations Tensor's methods apply: the module ops.py, which hands itself over when it is
+# imported. ops.py sits above Tensor (its primitives make Tensors), so tensor.py never imports it.
+_ops: Any = None
+
+
+def _use_operations(module: Any) -> None:
+    global _ops
+    _ops = module
