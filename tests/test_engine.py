@@ -24,6 +24,7 @@ from hypothesis.extra import numpy as hnp
 
 import tinygrad_rnn as tg
 from tinygrad_rnn.errors import DTypeError, GraphError, ShapeError
+from tinygrad_rnn.engine import Grad
 from tinygrad_rnn.primitive import REGISTRY
 
 THIS_FILE = Path(__file__).name
@@ -807,11 +808,11 @@ def test_float32_in_float32_out_and_float32_grads(name: str) -> None:
     # the primitive's own backward (the public Primitive contract), before the engine casts
     node = outs[0]._node
     assert node is not None and node.op is REGISTRY[name]
-    raw = node.op.backward(gs[0] if node.nout is None else list(gs), node.saved, node.needs)
+    raw = node.op.backward(gs[0] if node.outputs is None else list(gs), node.saved, node.needs)
     for i, gi in enumerate(raw):
         if gi is not None:
-            if callable(getattr(gi, "value", None)):  # a deferred product (engine.Deferred)
-                gi = gi.value()
+            if isinstance(gi, Grad):  # terms not added yet (a weight's product)
+                gi = gi.total()
             assert np.asarray(gi).dtype == np.float32, \
                 f"{name}: backward returned a {np.asarray(gi).dtype} gradient for input {i}"
     _backward(outs, gs)
@@ -1204,11 +1205,12 @@ def test_tensors_are_usable_as_dict_keys() -> None:
 
 @pytest.mark.parametrize("shape", [(), (1,), (2,), (7,), (3, 5), (4, 1)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_pieces_reach_a_leaf_summed_in_their_order(shape: tuple[int, ...], dtype: Any) -> None:
-    """A gradient given as pieces (one per time step) is added to a leaf one piece after the
-    other, in order, whatever the fast path: bit-equal to a Python loop of additions (what makes
-    checkpointed and plain runs agree to the last bit)."""
-    from tinygrad_rnn.engine import Pieces, _accumulate
+def test_a_grads_terms_reach_a_leaf_summed_in_their_order(shape: tuple[int, ...],
+                                                         dtype: Any) -> None:
+    """A gradient given as terms (one per time step) is added to a leaf one term after the
+    other, in order: bit-equal to a Python loop of additions (what makes checkpointed and plain
+    runs agree to the last bit)."""
+    from tinygrad_rnn.engine import Grad, accumulate
 
     gen = np.random.default_rng(0)
     pieces = [(gen.standard_normal(shape) * 10.0 ** gen.integers(-4, 4)).astype(dtype)
@@ -1219,6 +1221,6 @@ def test_pieces_reach_a_leaf_summed_in_their_order(shape: tuple[int, ...], dtype
         want = want + p
     leaf = tg.Tensor(np.zeros(shape, dtype), requires_grad=True)
     leaf.grad = start.copy()
-    _accumulate(leaf, Pieces(pieces))
+    accumulate(leaf, Grad(pieces))
     assert leaf.grad.dtype == dtype and leaf.grad.shape == shape
     np.testing.assert_array_equal(leaf.grad, want)

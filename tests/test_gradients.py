@@ -588,7 +588,7 @@ def test_split_chunk_and_unbind_record_one_node() -> None:
                          ("split", x.chunk(3, axis=1)), ("unbind", x.unbind(-1))]:
         node = pieces[0]._node
         assert node is not None and node.op.name == name
-        assert all(p._node is node for p in pieces) and node.nout == len(pieces)
+        assert all(p._node is node for p in pieces) and node.outputs == len(pieces)
         assert [p._idx for p in pieces] == list(range(len(pieces)))
         assert all(t._node is None for t in node.inputs)  # straight from the leaf: one record
 

@@ -1144,7 +1144,7 @@ def test_time_invariant_operations_run_once_and_keep_exact_gradients(
     from tinygrad_rnn import ops
     calls = {"forward": 0, "backward": 0}
     for name, key in (("forward", "forward"), ("backward", "backward"),
-                      ("backward_deferred", "backward")):
+                      ("backward_product", "backward")):
         original = getattr(ops.Transpose, name)
 
         def counted(*args: Any, _f: Callable[..., Any] = original, _n: str = key,

@@ -3,7 +3,7 @@
 import numpy as np
 
 from .tensor import Tensor, from_numpy, tensor
-from .engine import detect_anomaly, enable_grad, is_grad_enabled, no_grad
+from .mode import detect_anomaly, enable_grad, is_grad_enabled, no_grad
 from .errors import AnomalyError, DTypeError, GraphError, ShapeError
 from .ops import (
     abs, addcmul, argmax, argmin, chunk, clip, concat, detach, exp, flatten, gates, lerp, linear,

@@ -7,10 +7,8 @@ from typing import Any, Callable
 import numpy as np
 
 from . import ops, random
-from .engine import (
-    ANOMALY, GRAD, UNSUMMED, Node, current_seq, enable_grad, get_mode, port, run_backward,
-    user_source_line,
-)
+from .engine import Node, current_seq, port, run_backward
+from .mode import ANOMALY, GRAD, enable_grad, get_mode, user_source_line
 from .errors import GraphError, ShapeError
 from .primitive import TRACER, Primitive, register
 from .tensor import Tensor
@@ -56,6 +54,7 @@ class Checkpoint(Primitive):
     name = "checkpoint"
     nout = None
     scan = False  # its forward runs fn: a compiled unroll would not replay it per step
+    unsummed = True  # the outputs' terms join the inner records' (see _Collect)
 
     @staticmethod
     def forward(*arrays, fn, call):
@@ -102,6 +101,7 @@ class _Collect(Primitive):
 
     name = "checkpoint_argument"
     scan = False  # its backward fills a holder
+    unsummed = True
 
     @staticmethod
     def forward(x, holder):
@@ -112,8 +112,6 @@ class _Collect(Primitive):
         holder.append(g)
         return (None,)
 
-
-UNSUMMED.update((Checkpoint, _Collect))
 
 
 class _Call:

@@ -34,9 +34,8 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from .engine import (
-    ANOMALY, GRAD, TRACE, Node, check_finite, get_mode, user_line, user_source_line,
-)
+from .engine import Node
+from .mode import ANOMALY, GRAD, TRACE, check_finite, get_mode, user_line, user_source_line
 from .errors import ShapeError
 from .tensor import Tensor
 
@@ -65,6 +64,9 @@ class Primitive:
 
     name: ClassVar[str] = "primitive"
     nout: ClassVar[int | None] = 1
+    # unsummed: backward gets its output's gradient as the Grad of terms that arrived, not
+    # added (checkpoint: so that they are added with the replayed records' in record order)
+    unsummed: ClassVar[bool] = False
 
     # The scan protocol (scan.py): how a compiled unroll runs this primitive at every step.
     # scan: False if forward or backward has a side effect, so the step cannot be replayed.

@@ -15,8 +15,8 @@ forward and backward; see `Primitive`):
 - `local(saved)`: the part of the derivative that does not depend on the incoming gradient
   (tanh's 1 - y^2), computed once for all steps on the saved values stacked over time;
 - `batches(varying, ndims)`: a weight's gradient is one backward call over all steps (one GEMM
-  per block for `linear`), handed to the engine one piece per step, in time order (see
-  engine.Deferred): checkpointed and plain scans then give the same bits;
+  per block for `linear`), handed to the engine as a product per step, in time order (see
+  engine.Product): checkpointed and plain scans then give the same bits;
 - otherwise the ordinary forward and backward, called once per step.
 An operation on time-invariant values only (a weight's `W.T`) runs once, before the loop.
 A primitive with `scan = False` (a side effect, as `checkpoint`) makes the cell run per op.
@@ -39,10 +39,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from . import random as _random
-from .engine import (
-    ANOMALY, GRAD, TRACE, Deferred, Pieces, _MODE, _Pending, check_finite, memory_owner,
-    unbroadcast,
-)
+from .engine import Grad, Product, as_array, memory_owner, unbroadcast
+from .mode import _MODE, ANOMALY, GRAD, TRACE, check_finite
 from .errors import AnomalyError, CompileWarning
 from .primitive import TRACER, Primitive
 from .tensor import Tensor
@@ -442,10 +440,8 @@ def _fit(g: Any, shape: tuple[int, ...], dtype: np.dtype, name: str) -> Any:
     """A per-step gradient brought to its slot's shape and dtype (the engine's un-broadcasting)."""
     if g is None:
         return None
-    if type(g) is Deferred:
-        g = g.value()
-    elif type(g) is Pieces:
-        g = np.sum(g.stacked(), axis=0)
+    if type(g) is Grad:
+        return Grad(as_array(x, shape, dtype, name) for x in g).total()
     g = np.asarray(g)
     if g.shape != shape:
         g = unbroadcast(g, shape, name)
@@ -1072,7 +1068,7 @@ def _pad(rows: np.ndarray, out_ndim: int) -> np.ndarray:
 def _per_step(g: Any, steps: int, shape: tuple[int, ...], dtype: np.dtype, name: str) -> Any:
     """A gradient computed over all steps at once for a time-invariant input, as one piece per
     step, the last first: the engine adds them in that order, as it would the per-op records'."""
-    if g is None or type(g) in (Deferred, Pieces):
+    if g is None or type(g) is Grad:
         return g
     g = np.asarray(g)
     extra = g.ndim - 1 - len(shape)
@@ -1085,7 +1081,7 @@ def _per_step(g: Any, steps: int, shape: tuple[int, ...], dtype: np.dtype, name:
     g = g.reshape((steps,) + shape)
     if g.dtype != dtype:
         g = g.astype(dtype)
-    return Pieces.of_rows(g[::-1])
+    return Grad.of(np.ones((steps, 1, 1), g.dtype), g.reshape(steps, 1, -1), steps=True)
 
 
 class Scan(Primitive):
@@ -1184,7 +1180,7 @@ class Scan(Primitive):
                     PR, RS)
         grads: list[Any] = [*GX, *g_init]
         for k, s in enumerate(p.const_slots):
-            grads.append(Pieces(GC[k]) if GC[k] else None)
+            grads.append(Grad(GC[k]) if GC[k] else None)
         # weights: one backward call over all steps per operation
         batched: dict[tuple[int, int], Any] = {}
         for i, js in enumerate(code.batched):
@@ -1225,7 +1221,7 @@ def _hoisted_backward(p: Plan, code: _Backward, K: list[Any], GH: list[Any],
         if not p.hoisted[i]:
             continue
         o = ins.outs[0]
-        items = ([Pieces(GH[i])] if GH[i] else []) + got.get(o, [])
+        items = ([Grad(GH[i])] if GH[i] else []) + got.get(o, [])
         needs = tuple(code.grad[s] for s in ins.ins)
         if not items or not any(needs):
             continue
@@ -1241,33 +1237,47 @@ def _hoisted_backward(p: Plan, code: _Backward, K: list[Any], GH: list[Any],
                     if prev is None:
                         batched["h", i, j] = g
                     elif p.consts[p.const_index[s]]._node is None:  # a leaf adds them in order
-                        batched["h", i, j] = _Pending((*(prev if type(prev) is _Pending
-                                                         else (prev,)), g))
+                        batched["h", i, j] = Grad((*(prev if type(prev) is Grad else (prev,)),
+                                                   *(g if type(g) is Grad else (g,))))
                     else:
                         batched["h", i, j] = _fit(prev, p.shapes[s], p.dtypes[s], "scan") + \
                             _fit(g, p.shapes[s], p.dtypes[s], "scan")
 
 
 def _through(ins: _Instr, g: Any, saved: Any, needs: tuple[bool, ...], p: Plan) -> list[Any]:
-    """An operation's backward applied to a gradient of its output given as a whole array,
-    as pieces (each piece on its own, so that they stay pieces in step order) or as a
-    deferred product (kept deferred where the operation can say how: a transpose)."""
+    """An operation's backward applied to a gradient of its output: an array, or a Grad whose
+    terms go through one by one, so that per-step terms stay per-step terms in step order (a
+    product over steps is taken step by step, except where the operation keeps it a product:
+    a transpose)."""
     def fit(x: Any, j: int) -> Any:
         s = ins.ins[j]
         return None if x is None else _fit(x, p.shapes[s], p.dtypes[s], ins.op.name)
 
-    if type(g) is Deferred:
-        via = getattr(ins.op, "backward_deferred", None)
-        r = via(g, saved, needs) if via is not None else None
-        if r is not None:
-            return list(r)
-        g = _fit(g, p.shapes[ins.outs[0]], p.dtypes[ins.outs[0]], ins.op.name)
-    if type(g) is Pieces:
-        per = [ins.op.backward(x, saved, needs) for x in g]
-        return [Pieces([fit(r[j], j) for r in per]) if needs[j] else None
-                for j in range(len(ins.ins))]
-    r = ins.op.backward(g, saved, needs)
-    return [fit(x, j) if needs[j] else None for j, x in enumerate(r)]
+    if type(g) is not Grad:
+        r = ins.op.backward(g, saved, needs)
+        return [fit(x, j) if needs[j] else None for j, x in enumerate(r)]
+    out: list[Any] = [Grad() if need else None for need in needs]
+    via = getattr(ins.op, "backward_product", None)
+    o = ins.outs[0]
+    for term in g:
+        if type(term) is Product:
+            kept = via(term, saved, needs) if via is not None else None
+            if kept is not None:  # kept a product (a transpose)
+                for j, x in enumerate(kept):
+                    if needs[j] and x is not None:
+                        out[j].extend(x)
+                continue
+            steps = [Product(a, b) for a, b in zip(term.a[::-1], term.b[::-1])] \
+                if term.steps else [term]  # one term per step, so segments change nothing
+            terms = [as_array(x, p.shapes[o], p.dtypes[o], ins.op.name) for x in steps]
+        else:
+            terms = [term]
+        for x in terms:
+            r = ins.op.backward(x, saved, needs)
+            for j, need in enumerate(needs):
+                if need:
+                    out[j].append(fit(r[j], j))
+    return out
 
 
 def _checker(plan: Plan, what: str) -> Callable[[int, int, Any], None]:

@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from ..engine import enable_grad, written
+from ..engine import written
+from ..mode import enable_grad
 from ..errors import ShapeError
 from ..tensor import Tensor
 

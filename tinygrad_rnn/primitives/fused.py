@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import Deferred, Pieces
+from ..engine import Grad
 from ..errors import ShapeError
 from ..primitive import Primitive, register
 from .elementwise import (
@@ -140,10 +140,10 @@ class MatMul(Primitive):
     @staticmethod
     def backward(g, saved, needs):
         a, b = saved
-        if b.ndim == 2 and a.ndim >= 2:  # dA = G B^T, dB = A^T G (deferred: see Deferred)
+        if b.ndim == 2 and a.ndim >= 2:  # dA = G B^T, dB = A^T G (dB as a Grad.of: see Product)
             gb = None
             if needs[1]:
-                gb = Deferred(a, g) if a.ndim == 2 else Deferred(
+                gb = Grad.of(a, g) if a.ndim == 2 else Grad.of(
                     a.reshape(a.shape[0], -1, a.shape[-1]), g.reshape(g.shape[0], -1, g.shape[-1]),
                     steps=True)
             return (_steps_matmul(g, b.T) if needs[0] else None), gb
@@ -203,7 +203,7 @@ class Linear(Primitive):
     broadcast to the output), as one record instead of a transpose, a matmul and additions.
 
     For x with 3 or more axes the leading axis is time: numpy multiplies step by step, and the
-    weight and (out,)-bias gradients come one piece per step (Deferred, Pieces), so the result
+    weight and (out,)-bias gradients come one product per step (engine.Product), so the result
     for each step does not depend on how many steps are computed together — what lets a
     checkpointed unroll reproduce the plain one to the last bit."""
 
@@ -287,10 +287,10 @@ class Linear(Primitive):
                 gw = np.outer(g, x)
             elif stepwise:
                 steps = x.shape[0]
-                gw = Deferred(g.reshape(steps, -1, w.shape[0]), x.reshape(steps, -1, w.shape[1]),
-                              steps=True)
+                gw = Grad.of(g.reshape(steps, -1, w.shape[0]), x.reshape(steps, -1, w.shape[1]),
+                             steps=True)
             else:
-                gw = Deferred(g, x)
+                gw = Grad.of(g, x)
         gbs = []
         summed = None  # the gradient of an (out,) bias, the same for all of them: made once
         for shape, need in zip(bias_shapes, needs[2:]):
@@ -300,10 +300,10 @@ class Linear(Primitive):
                 gbs.append(g)  # the engine sums over whatever was broadcast
             else:
                 if summed is None:
-                    if stepwise:  # one piece per step, the last first (a view at batch 1)
+                    if stepwise:  # as the weight's: ones^T @ G per step
                         rows = g.reshape(g.shape[0], -1, w.shape[0])
-                        summed = Pieces.of_rows((rows[:, 0] if rows.shape[1] == 1 else
-                                                 rows.sum(axis=1))[::-1])
+                        summed = Grad.of(np.ones(rows.shape[:2] + (1,), rows.dtype), rows,
+                                         steps=True)
                     else:
                         summed = g[0] if g.shape[0] == 1 else g.sum(axis=0)
                 gbs.append(summed)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import Deferred
+from ..engine import Grad
 from ..errors import ShapeError
 from ..primitive import Primitive, register
 
@@ -38,9 +38,9 @@ class Transpose(Primitive):
         return (g.transpose(None if axes is None else np.argsort(axes)),)
 
     @staticmethod
-    def backward_deferred(g, axes, needs):  # (A^T B)^T = B^T A: a weight's W.T, kept deferred
+    def backward_product(g, axes, needs):  # (A^T B)^T = B^T A: a weight's W.T, kept a product
         if axes is None or tuple(axes) == (1, 0):
-            return (Deferred(g.b, g.a, g.steps),)
+            return (Grad.of(g.b, g.a, g.steps),)
         return None
 
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
-from ..engine import enable_grad, no_grad
+from ..mode import enable_grad, no_grad
 from ..errors import GradcheckError
 from ..tensor import Tensor
 
