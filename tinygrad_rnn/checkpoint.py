@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -45,6 +45,15 @@ def _unflatten(spec: Any, leaves: list[Any]) -> Any:
     return type(spec)(_unflatten(s, leaves) for s in spec)
 
 
+class _Saved(NamedTuple):
+    fn: Callable[..., Any]
+    call: _Call
+    arrays: tuple[np.ndarray, ...]  # the inputs' data, to rebuild fn's arguments from
+    rng_state: Any  # the generator's state when fn first ran: its draws are replayed
+    spec: Any  # the structure of fn's outputs
+    out_needs: bool  # whether any output requires grad
+
+
 @register
 class Checkpoint(Primitive):
     """fn(*args) whose inner graph is dropped after the forward; on backward fn is re-run with
@@ -71,11 +80,11 @@ class Checkpoint(Primitive):
             spec = _flatten(fn(*args), flat)
         random.set_state(own.bit_generator.state)
         out_needs = any(t._requires_grad for t in flat)
-        return tuple(t.data for t in flat), (fn, call, arrays, rng_state, spec, out_needs)
+        return tuple(t.data for t in flat), _Saved(fn, call, arrays, rng_state, spec, out_needs)
 
     @staticmethod
     def backward(gs, saved, needs):
-        fn, call, arrays, rng_state, spec, _ = saved
+        fn, call, arrays, rng_state, spec, _ = saved  # a _Saved
         since = current_seq()
         # the same masks again, from the forward's starting state; the shared generator and
         # other threads' draws are left alone
@@ -164,8 +173,8 @@ def checkpoint(fn: Callable[..., Any], *args: Any) -> Any:
     outs, saved = Checkpoint.forward(*(t.data for t in inputs), fn=fn, call=call)
     m = get_mode()
     node = Node(Checkpoint, tuple(port(t) for t in inputs), saved, call.needs, len(outs),
-                user_source_line() if m & ANOMALY else None) if m & GRAD and saved[5] else None
-    return _unflatten(saved[4], list(Tensor._from_outputs(outs, node)))
+                user_source_line() if m & ANOMALY else None) if m & GRAD and saved.out_needs else None
+    return _unflatten(saved.spec, list(Tensor._from_outputs(outs, node)))
 
 
 def time_slices(xs: Any) -> Any:

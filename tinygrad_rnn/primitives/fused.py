@@ -222,7 +222,7 @@ class Linear(Primitive):
                 shapes.append(b.shape)
                 y = _add_into(y, b)
         if act is None:
-            return y, (x, w, shapes)
+            return y, (x, w, shapes, None, None)
         if y.dtype.kind != "f":  # integer inputs: the activation needs a float array
             y = y.astype(np.result_type(y, np.float16))
         y = _ACTIVATE[act](y)  # in place where it can be: y is ours
@@ -230,13 +230,15 @@ class Linear(Primitive):
 
     @staticmethod
     def backward(g, saved, needs):  # dx = G W, dW = G^T X, db = G (summed over broadcast axes)
-        if len(saved) == 5:  # act(x W^T + b): the chain rule through act first
-            g = _ACTIVATION_GRAD[saved[3]](g, saved[4])
+        _, _, _, act, y = saved
+        if act is not None:  # act(x W^T + b): the chain rule through act first
+            g = _ACTIVATION_GRAD[act](g, y)
         return Linear._grads(g, saved, needs)
 
     @staticmethod
     def local(saved):  # act'(y) for all steps at once (scan; linear with act only)
-        return _ACTIVATION_LOCAL[saved[3]](saved[4])
+        _, _, _, act, y = saved
+        return _ACTIVATION_LOCAL[act](y)
 
     @staticmethod
     def backward_local(g, d, saved, needs):
@@ -259,8 +261,8 @@ class Linear(Primitive):
         lines = ["np.matmul(a0, a1.T, y)"] + [f"np.add(y, a{j}, y)" for j in range(2, len(shapes))]
         act = params.get("act")
         if act is None:
-            return lines + ["s = (a0, a1, shapes)"], {"shapes": list(biases)}, \
-                ("a0", "a1", None), out_shape, ()
+            return lines + ["s = (a0, a1, shapes, None, None)"], {"shapes": list(biases)}, \
+                ("a0", "a1", None, None, None), out_shape, ()
         lines.append("np.tanh(y, y)" if act == "tanh" else "sigmoid(y, y)")
         return lines + ["s = (a0, a1, shapes, act, y)"], \
             {"shapes": list(biases), "act": act, "sigmoid": _sigmoid}, \
@@ -278,7 +280,7 @@ class Linear(Primitive):
 
     @staticmethod
     def _grads(g, saved, needs):  # g: the gradient of x W^T + b (after the activation's)
-        x, w, bias_shapes = saved[:3]
+        x, w, bias_shapes, _, _ = saved
         gx = _steps_matmul(g, w) if needs[0] else None
         gw = None
         stepwise = x.ndim >= 3
