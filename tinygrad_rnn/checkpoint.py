@@ -7,10 +7,11 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from . import ops, random
-from .engine import Node, current_seq, port, run_backward
-from .mode import ANOMALY, GRAD, enable_grad, get_mode, user_source_line
+from .engine import current_seq, port, run_backward
+from .mode import GRAD, enable_grad, get_mode
 from .errors import GraphError, ShapeError
-from .primitive import TRACER, Primitive, register
+from .primitive import TRACER, Primitive, record, register
+from .primitives.shape import Stack
 from .tensor import Tensor
 
 
@@ -66,7 +67,7 @@ class Checkpoint(Primitive):
     unsummed = True  # the outputs' terms join the inner records' (see _Collect)
 
     @staticmethod
-    def forward(*arrays, fn, call):
+    def forward(*arrays: np.ndarray, fn: Callable[..., Any], call: _Call) -> tuple[Any, Any]:
         # fn draws (dropout) from a copy of the generator that only this thread uses, so that
         # draws of other threads meanwhile cannot make the replay's masks differ; afterwards
         # the shared generator moves on past what fn drew, as if fn had drawn from it
@@ -78,12 +79,12 @@ class Checkpoint(Primitive):
         args, _ = call.rebuild(arrays, call.needs)
         with random.drawing_from(own):
             spec = _flatten(fn(*args), flat)
-        random.set_state(own.bit_generator.state)
+        random.set_state(dict(own.bit_generator.state))
         out_needs = any(t._requires_grad for t in flat)
         return tuple(t.data for t in flat), _Saved(fn, call, arrays, rng_state, spec, out_needs)
 
     @staticmethod
-    def backward(gs, saved, needs):
+    def backward(gs: list[Any], saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         fn, call, arrays, rng_state, spec, _ = saved  # a _Saved
         since = current_seq()
         # the same masks again, from the forward's starting state; the shared generator and
@@ -113,11 +114,11 @@ class _Collect(Primitive):
     unsummed = True
 
     @staticmethod
-    def forward(x, holder):
+    def forward(x: np.ndarray, holder: Any) -> tuple[Any, Any]:
         return x, holder
 
     @staticmethod
-    def backward(g, holder, needs):
+    def backward(g: Any, holder: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         holder.append(g)
         return (None,)
 
@@ -171,9 +172,8 @@ def checkpoint(fn: Callable[..., Any], *args: Any) -> Any:
     call = _Call(args)
     inputs = tuple(call.tensors)
     outs, saved = Checkpoint.forward(*(t.data for t in inputs), fn=fn, call=call)
-    m = get_mode()
-    node = Node(Checkpoint, tuple(port(t) for t in inputs), saved, call.needs, len(outs),
-                user_source_line() if m & ANOMALY else None) if m & GRAD and saved.out_needs else None
+    node = record(Checkpoint, inputs, saved, call.needs, None, len(outs)) \
+        if get_mode() & GRAD and saved.out_needs else None
     return _unflatten(saved.spec, list(Tensor._from_outputs(outs, node)))
 
 
@@ -214,10 +214,8 @@ class _StackedSteps:
         if self.out is None or len(self.refs) != self.steps:
             raise ShapeError(f"unroll: expected {self.steps} outputs to stack, got "
                              f"{len(self.refs)} (is the time axis empty?)")
-        m = get_mode()
-        node = Node(ops.Stack, tuple(self.refs), 0, tuple(self.needs), None,
-                    user_source_line() if m & ANOMALY else None, self.out.shape, self.out.dtype
-                    ) if m & GRAD and any(self.needs) else None
+        node = record(Stack, self.refs, 0, tuple(self.needs), self.out) \
+            if get_mode() & GRAD and any(self.needs) else None
         return Tensor._from_op(self.out, node)
 
 

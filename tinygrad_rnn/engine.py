@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .tensor import Tensor
 
 _seq = itertools.count()
+_ndarray = np.ndarray  # a global: accumulate reads it per gradient
 
 
 class Node:
@@ -44,6 +45,7 @@ class Node:
     __slots__ = ("op", "inputs", "saved", "needs", "seq", "grad", "outputs", "where", "retained",
                  "shape", "dtype")
     _requires_grad = requires_grad = True
+    _ref = None  # as an input given to primitive.record, a record stands for itself
 
     def __init__(self, op: type[Primitive], inputs: tuple[Any, ...], saved: Any,
                  needs: tuple[bool, ...], outputs: int | None = None, where: Any = None,
@@ -71,6 +73,7 @@ class Port:
 
     __slots__ = ("_node", "_idx", "shape", "dtype", "grad")
     _requires_grad = requires_grad = True
+    _ref = None  # as Node's
 
     def __init__(self, node: Node, idx: int | None, shape: tuple[int, ...], dtype: Any) -> None:
         self._node, self._idx, self.shape, self.dtype, self.grad = node, idx, shape, dtype, None
@@ -186,9 +189,18 @@ def accumulate(t: Any, g: Any, op_name: str = "backward") -> None:
     """Add gradient g (array or Grad) for input entry t (leaf Tensor, Node or Port) of a record
     of `op_name`: a leaf adds it to .grad now, a record keeps it as terms until it is replayed."""
     m = t._node
+    if m is not None and type(g) is _ndarray:  # the common case: one array for a record
+        if g.shape != t.shape or g.dtype is not t.dtype and g.dtype != t.dtype:
+            g = as_array(g, t.shape, t.dtype, op_name)
+        if m.outputs is None:
+            m.grad = g if m.grad is None else _join(m.grad, (g,))
+        else:
+            cur = m.grad[t._idx]
+            m.grad[t._idx] = g if cur is None else _join(cur, (g,))
+        return
     terms = g if type(g) is Grad else (g,)
     if m is None:  # a leaf: .grad is ours, so terms are added in place, as they arrive
-        shape, dtype = t.data.shape, t.data.dtype
+        shape, dtype = t._data.shape, t._data.dtype
         for x in terms:
             if type(x) is Product and x.a.dtype == x.b.dtype == dtype:
                 _defer(t, x)
@@ -200,16 +212,20 @@ def accumulate(t: Any, g: Any, op_name: str = "backward") -> None:
                 np.add(t.grad, x, t.grad)
         return
     new = [as_array(x, t.shape, t.dtype, op_name) for x in terms]
-    cur = m.grad if m.outputs is None else m.grad[t._idx]
-    if cur is None and len(new) == 1:
-        cur = new[0]
-    else:
-        cur = Grad(() if cur is None else cur if type(cur) is Grad else (cur,))
-        cur.extend(new)
     if m.outputs is None:
-        m.grad = cur
+        m.grad = _join(m.grad, new)
     else:
-        m.grad[t._idx] = cur
+        m.grad[t._idx] = _join(m.grad[t._idx], new)
+
+
+def _join(cur: Any, new: Any) -> Any:
+    """A record's gradient `cur` (None, an array or a Grad) with the arrays `new` after it."""
+    if cur is None and len(new) == 1:
+        return new[0]
+    if type(cur) is not Grad:
+        cur = Grad(() if cur is None else (cur,))
+    cur.extend(new)
+    return cur
 
 
 # A leaf's products, gathered per thread (a checkpoint replays inside a replay) until a block
@@ -232,7 +248,14 @@ def _defer(t: Tensor, p: Product) -> None:
     entry = _blocks.pending.get(id(t))
     if entry is None:
         entry = _blocks.pending[id(t)] = [t, [], [], 0]
-    a, b = (p.a, p.b) if p.steps else (p.a[None], p.b[None])
+    if not p.steps:
+        entry[1].append(p.a)
+        entry[2].append(p.b)
+        entry[3] += p.a.shape[0]
+        if entry[3] >= BLOCK_ROWS:
+            _flush(entry)
+        return
+    a, b = p.a, p.b
     # as if the steps came one by one, the last first, with each block's steps as one slice
     hi, n = a.shape[0], max(a.shape[1], 1)
     while hi > 0:
@@ -419,7 +442,10 @@ def _replay(nodes: list[Node], retain_graph: bool) -> None:
         if n.outputs is not None and not any(x is not None for x in g):
             g = None
         if g is not None and not op.unsummed:  # its terms added, in record order
-            g = total(g) if n.outputs is None else [total(x) for x in g]
+            if n.outputs is not None:
+                g = [total(x) for x in g]
+            elif type(g) is Grad:
+                g = g.total()
         if n.retained is not None:
             _store_retained(n, g)
             if not retain_graph:

@@ -41,7 +41,6 @@ from .tensor import Tensor
 
 REGISTRY: dict[str, type[Primitive]] = {}
 TRACER: ContextVar[Any] = ContextVar("tinygrad_rnn_tracer", default=None)  # see scan.py
-_new = object.__new__
 _ndarray = np.ndarray  # a global, not a module attribute: apply reads it per operation
 
 
@@ -51,6 +50,14 @@ def _has_parameter(ins: tuple[Any, ...]) -> bool:
         if e._node is None and e._requires_grad:
             return True
     return False
+
+
+def _not_defined(*args: Any, **kwargs: Any) -> Any:
+    raise NotImplementedError("a Primitive subclass defines forward and backward")
+
+
+def _no_check(cls: Any, *arrays: np.ndarray, **params: Any) -> None:
+    pass
 
 
 def register(cls: type[Primitive]) -> type[Primitive]:
@@ -76,10 +83,7 @@ class Primitive:
     # saved, needs) replaces backward at each step. None: backward runs at each step.
     local: ClassVar[Callable[..., Any] | None] = None
 
-    @staticmethod
-    def backward_local(g: Any, local: Any, saved: Any,
-                       needs: tuple[bool, ...]) -> tuple[np.ndarray | None, ...]:
-        raise NotImplementedError
+    backward_local: ClassVar[Callable[..., tuple[Any, ...]]] = staticmethod(_not_defined)
 
     @classmethod
     def forward_code(cls, params: dict[str, Any], shapes: tuple[tuple[int, ...], ...],
@@ -121,43 +125,31 @@ class Primitive:
         is then one backward call over all steps. `ndims` are the inputs' per-step ranks."""
         return False
 
-    @staticmethod
-    def forward(*arrays: np.ndarray, **params: Any) -> tuple[Any, Any]:
-        raise NotImplementedError
-
-    @staticmethod
-    def backward(g: Any, saved: Any, needs: tuple[bool, ...]) -> tuple[np.ndarray | None, ...]:
-        raise NotImplementedError
-
-    @classmethod
-    def check(cls, *arrays: np.ndarray, **params: Any) -> None:
-        """Called only when forward raised: raise a ShapeError naming the op and the shapes."""
+    # forward(*arrays, **params) -> (output, saved); backward(g, saved, needs) -> one gradient
+    # or None per input. Typed as callables of any signature: each primitive fixes its own.
+    forward: ClassVar[Callable[..., tuple[Any, Any]]] = staticmethod(_not_defined)
+    backward: ClassVar[Callable[..., tuple[Any, ...]]] = staticmethod(_not_defined)
+    # check(*arrays, **params): called only when forward raised: raise a ShapeError naming the
+    # operation and the shapes (the default says nothing more than numpy's message)
+    check: ClassVar[Callable[..., None]] = classmethod(_no_check)  # type: ignore[assignment]
 
     @classmethod
     def apply(cls, *inputs: Tensor, **params: Any) -> Any:
         """Run forward on the inputs' data and, if any input requires grad, record a Node."""
         n = len(inputs)
-        try:  # the arity is spelled out: a comprehension here costs as much as the numpy call
+        try:  # the usual arities spelled out: a comprehension costs as much as a small numpy call
             if n == 2:
                 a, b = inputs
-                out, saved = (cls.forward(a.data, b.data, **params) if params else
-                              cls.forward(a.data, b.data))
+                out, saved = (cls.forward(a._data, b._data, **params) if params else
+                              cls.forward(a._data, b._data))
                 needs: tuple[bool, ...] = (a._requires_grad, b._requires_grad)
             elif n == 1:
                 a = inputs[0]
-                out, saved = cls.forward(a.data, **params) if params else cls.forward(a.data)
+                out, saved = cls.forward(a._data, **params) if params else cls.forward(a._data)
                 needs = (a._requires_grad,)
-            elif n == 3:  # linear(h, W, xp_t), addcmul, lerp: once or twice per cell step
-                a, b, c = inputs
-                out, saved = cls.forward(a.data, b.data, c.data, **params)
-                needs = (a._requires_grad, b._requires_grad, c._requires_grad)
             else:
-                arrays, flags = [], []
-                for t in inputs:
-                    arrays.append(t.data)
-                    flags.append(t._requires_grad)
-                out, saved = cls.forward(*arrays, **params)
-                needs = tuple(flags)
+                out, saved = cls.forward(*[t._data for t in inputs], **params)
+                needs = tuple([t._requires_grad for t in inputs])
         except (ValueError, IndexError) as e:
             if isinstance(e, ShapeError):
                 raise
@@ -171,39 +163,22 @@ class Primitive:
         m = get_mode()
         if m & TRACE:  # inside a traced step (scan.py): an instruction, not a record
             return TRACER.get().record(cls, inputs, params, out)
-        node = None
-        if m & GRAD and True in needs:
-            # the record keeps leaves, and records or Ports for recorded inputs: not their data
-            if n == 2:  # engine.port, inlined
-                ra, rb = a._ref, b._ref
-                ins: tuple[Any, ...] = (a if ra is None else ra, b if rb is None else rb)
-            elif n == 1:
-                ra = a._ref
-                ins = (a if ra is None else ra,)
-            elif n == 3:
-                ra, rb, rc = a._ref, b._ref, c._ref
-                ins = (a if ra is None else ra, b if rb is None else rb, c if rc is None else rc)
-            else:
-                entries = []
-                for t in inputs:
-                    rt = t._ref
-                    entries.append(t if rt is None else rt)
-                ins = tuple(entries)
-            # the user's line, for errors: always for a record with a parameter (a leaf that
-            # requires grad: what optimiser steps write into), else only under detect_anomaly
-            where = user_line() if m & ANOMALY or _has_parameter(ins) else None
-            if single:
-                node = Node(cls, ins, saved, needs, None, where, out.shape, out.dtype)
-            else:
-                node = Node(cls, ins, saved, needs, len(out), where)
+        node = record(cls, inputs, saved, needs, out if single else None,
+                      None if single else len(out)) if m & GRAD and True in needs else None
         if m & ANOMALY:
-            check_finite(cls.name, "output", list(out) if cls.nout is None else [out],
+            check_finite(cls.name, "output", [out] if single else list(out),
                          node.where if node is not None else user_source_line())
-        if single:  # Tensor._from_op, inlined: this runs once per operation
-            t = _new(Tensor)
-            t._data = out
-            t.grad = None
-            t._node = t._ref = node
-            t._requires_grad = node is not None
-            return t
-        return Tensor._from_outputs(out, node)
+        return Tensor._from_op(out, node) if single else Tensor._from_outputs(out, node)
+
+
+def record(op: type[Primitive], inputs: Any, saved: Any, needs: tuple[bool, ...],
+           out: np.ndarray | None = None, outputs: int | None = None) -> Node:
+    """The Node of `op` applied to `inputs` (Tensors): of one output `out`, or of `outputs`
+    outputs. It keeps the leaves, and the records or Ports of recorded inputs, not their data;
+    and the user's line, for errors: always for a record with a parameter (a leaf that requires
+    grad: what optimiser steps write into), else only under detect_anomaly."""
+    ins = tuple([t if t._ref is None else t._ref for t in inputs])  # engine.port of each
+    where = user_line() if get_mode() & ANOMALY or _has_parameter(ins) else None
+    if out is None:
+        return Node(op, ins, saved, needs, outputs, where)
+    return Node(op, ins, saved, needs, None, where, out.shape, out.dtype)

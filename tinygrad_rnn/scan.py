@@ -1095,7 +1095,8 @@ class Scan(Primitive):
     scan = False  # the scan of an unroll inside a traced step: that unroll runs per op
 
     @staticmethod
-    def forward(*arrays, plan, channels, keep, probe=None):
+    def forward(*arrays: np.ndarray, plan: Plan, channels: Any, keep: bool,
+                probe: dict[str, Any] | None = None) -> tuple[Any, Any]:
         p: Plan = plan
         nx, ns, nc = p.nx, p.ns, len(p.consts)
         X, S, C = arrays[:nx], arrays[nx:nx + ns], arrays[nx + ns:nx + ns + nc]
@@ -1112,8 +1113,8 @@ class Scan(Primitive):
         fwd = p.forward_code(keep, anomaly)
         H: list[Any] = []
         final = fwd(T, X, S, C, p.F, p.P, ys, K, bufs, H, _checker(p, "output"))
-        X = tuple(x if k else None for x, k in zip(X, lay.x_kept))
-        return [ys, *final], (p, channels, K, C, T, X, bufs, probe, H)
+        kept = tuple(x if k else None for x, k in zip(X, lay.x_kept))
+        return [ys, *final], (p, channels, K, C, T, kept, bufs, probe, H)
 
     @staticmethod
     def describe_saved(saved: Any, a: np.ndarray) -> str:
@@ -1131,7 +1132,7 @@ class Scan(Primitive):
         return "scan (a compiled unroll)"
 
     @staticmethod
-    def backward(gs, saved, needs):
+    def backward(gs: list[Any], saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         p, channels, K, C, T, X, bufs, probe, H = saved
         nx, ns, nc = p.nx, p.ns, len(p.consts)
         main = needs[:nx + ns + nc]
@@ -1163,8 +1164,8 @@ class Scan(Primitive):
                 GB[i] = np.zeros((T,) + p.shapes[ins.outs[0]], p.dtypes[ins.outs[0]])
         for i, j in fn.share.items():
             GB[i] = GX[j[1]] if isinstance(j, tuple) else GB[j]
-        GC = [[] if code.grad[s] else None for s in p.const_slots]
-        GH = [[] if p.hoisted[i] and code.grad[ins.outs[0]] else None
+        GC: list[Any] = [[] if code.grad[s] else None for s in p.const_slots]
+        GH: list[Any] = [[] if p.hoisted[i] and code.grad[ins.outs[0]] else None
               for i, ins in enumerate(p.instrs)]
         B = [ins.op.backward_local if code.uses_local[i] else ins.op.backward
              for i, ins in enumerate(p.instrs)]
@@ -1202,7 +1203,7 @@ class Scan(Primitive):
                 batched[i, j] = _per_step(r[j], T, p.shapes[s], p.dtypes[s], ins.op.name)
         _hoisted_backward(p, code, K, GH, batched)
         grads.extend(batched.get(ch) for ch in channels)
-        return grads
+        return tuple(grads)
 
 
 def _hoisted_backward(p: Plan, code: _Backward, K: list[Any], GH: list[Any],

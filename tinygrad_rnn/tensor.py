@@ -265,25 +265,29 @@ class Tensor:
 
     # ------------------------------------------------------------------ arithmetic
     def __add__(self, other: Any) -> Tensor:
-        return _ops.Add.apply(self, other if isinstance(other, Tensor) else _const(other, self, "add"))
+        return _ops.Add.apply(self, other if isinstance(other, Tensor) else
+                               _const(other, self, "add"))
 
     def __radd__(self, other: Any) -> Tensor:
         return _ops.Add.apply(_const(other, self, "add"), self)
 
     def __sub__(self, other: Any) -> Tensor:
-        return _ops.Sub.apply(self, other if isinstance(other, Tensor) else _const(other, self, "sub"))
+        return _ops.Sub.apply(self, other if isinstance(other, Tensor) else
+                               _const(other, self, "sub"))
 
     def __rsub__(self, other: Any) -> Tensor:
         return _ops.Sub.apply(_const(other, self, "sub"), self)
 
     def __mul__(self, other: Any) -> Tensor:
-        return _ops.Mul.apply(self, other if isinstance(other, Tensor) else _const(other, self, "mul"))
+        return _ops.Mul.apply(self, other if isinstance(other, Tensor) else
+                               _const(other, self, "mul"))
 
     def __rmul__(self, other: Any) -> Tensor:
         return _ops.Mul.apply(_const(other, self, "mul"), self)
 
     def __truediv__(self, other: Any) -> Tensor:
-        return _ops.Div.apply(self, other if isinstance(other, Tensor) else _const(other, self, "div"))
+        return _ops.Div.apply(self, other if isinstance(other, Tensor) else
+                               _const(other, self, "div"))
 
     def __rtruediv__(self, other: Any) -> Tensor:
         return _ops.Div.apply(_const(other, self, "div"), self)

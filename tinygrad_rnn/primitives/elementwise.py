@@ -54,11 +54,12 @@ class Add(_Elementwise):
     name = "add"
 
     @staticmethod
-    def forward(a, b):
+    def forward(a: np.ndarray, b: np.ndarray) -> tuple[Any, Any]:
         return a + b, None
 
     @staticmethod
-    def backward(g, saved, needs):  # d(a+b) = da + db
+    # d(a+b) = da + db
+    def backward(g: Any, saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         return g, g
 
     code = (("np.add(a0, a1, y)", "s = None"), None)
@@ -70,11 +71,12 @@ class Sub(_Elementwise):
     name = "sub"
 
     @staticmethod
-    def forward(a, b):
+    def forward(a: np.ndarray, b: np.ndarray) -> tuple[Any, Any]:
         return a - b, None
 
     @staticmethod
-    def backward(g, saved, needs):  # d(a-b) = da - db
+    # d(a-b) = da - db
+    def backward(g: Any, saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         return g, (-g if needs[1] else None)
 
     code = (("np.subtract(a0, a1, y)", "s = None"), None)
@@ -86,11 +88,12 @@ class Mul(_Elementwise):
     name = "mul"
 
     @staticmethod
-    def forward(a, b):
+    def forward(a: np.ndarray, b: np.ndarray) -> tuple[Any, Any]:
         return a * b, (a, b)
 
     @staticmethod
-    def backward(g, saved, needs):  # d(ab) = b da + a db
+    # d(ab) = b da + a db
+    def backward(g: Any, saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         a, b = saved
         return (g * b if needs[0] else None), (g * a if needs[1] else None)
 
@@ -103,12 +106,13 @@ class Div(_Elementwise):
     name = "div"
 
     @staticmethod
-    def forward(a, b):
+    def forward(a: np.ndarray, b: np.ndarray) -> tuple[Any, Any]:
         y = a / b
         return y, (b, y)
 
     @staticmethod
-    def backward(g, saved, needs):  # d(a/b) = da / b - (a/b) db / b
+    # d(a/b) = da / b - (a/b) db / b
+    def backward(g: Any, saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         b, y = saved
         ga = g / b
         return (ga if needs[0] else None), (-ga * y if needs[1] else None)
@@ -119,11 +123,11 @@ class Neg(_Elementwise):
     name = "neg"
 
     @staticmethod
-    def forward(x):
+    def forward(x: np.ndarray) -> tuple[Any, Any]:
         return -x, None
 
     @staticmethod
-    def backward(g, saved, needs):
+    def backward(g: Any, saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         return (-g,)
 
     code = (("np.negative(a0, y)", "s = None"), None)
@@ -135,11 +139,12 @@ class Pow(_Elementwise):
     name = "pow"
 
     @staticmethod
-    def forward(x, p):
+    def forward(x: np.ndarray, p: Any) -> tuple[Any, Any]:
         return (x * x if p == 2 else np.power(x, p)), (x, p)
 
     @staticmethod
-    def backward(g, saved, needs):  # d x^p = p x^(p-1)
+    # d x^p = p x^(p-1)
+    def backward(g: Any, saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         x, p = saved
         return (g * (2 * x) if p == 2 else g * (p * np.power(x, p - 1)),)
 
@@ -151,7 +156,8 @@ class _Activation(_Elementwise):
     grads = {0: "g * d"}
 
     @staticmethod
-    def backward_local(g, d, saved, needs):
+    def backward_local(
+            g: Any, d: np.ndarray, saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         return (g * d,)
 
 
@@ -160,12 +166,13 @@ class Exp(_Elementwise):
     name = "exp"
 
     @staticmethod
-    def forward(x):
+    def forward(x: np.ndarray) -> tuple[Any, Any]:
         y = np.exp(x)
         return y, y
 
     @staticmethod
-    def backward(g, y, needs):  # d exp(x) = exp(x)
+    # d exp(x) = exp(x)
+    def backward(g: Any, y: np.ndarray, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         return (g * y,)
 
 
@@ -174,11 +181,12 @@ class Log(_Elementwise):
     name = "log"
 
     @staticmethod
-    def forward(x):
+    def forward(x: np.ndarray) -> tuple[Any, Any]:
         return np.log(x), x
 
     @staticmethod
-    def backward(g, x, needs):  # d log(x) = 1 / x
+    # d log(x) = 1 / x
+    def backward(g: Any, x: np.ndarray, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         return (g / x,)
 
 
@@ -187,12 +195,13 @@ class Tanh(_Activation):
     name = "tanh"
 
     @staticmethod
-    def forward(x):
+    def forward(x: np.ndarray) -> tuple[Any, Any]:
         y = np.tanh(x)
         return y, y
 
     @staticmethod
-    def backward(g, y, needs):  # d tanh(x) = 1 - y^2
+    # d tanh(x) = 1 - y^2
+    def backward(g: Any, y: np.ndarray, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         if y.ndim == 0:
             return (g * (1 - y * y),)
         d = y * y
@@ -203,7 +212,7 @@ class Tanh(_Activation):
     code = (("np.tanh(a0, y)", "s = y"), "y")
 
     @staticmethod
-    def local(y):  # 1 - y^2 for all steps at once (scan)
+    def local(y: np.ndarray) -> np.ndarray:  # 1 - y^2 for all steps at once (scan)
         d = y * y
         return np.subtract(ONE[d.dtype], d, d) if d.ndim else 1 - d
 
@@ -266,7 +275,7 @@ class Sigmoid(_Activation):
     name = "sigmoid"
 
     @staticmethod
-    def forward(x):
+    def forward(x: np.ndarray) -> tuple[Any, Any]:
         if x.ndim == 0 or x.dtype.kind != "f":  # ufuncs return scalars for 0-d: no out= there
             y, _ = Sigmoid.forward(np.asarray(x, dtype=np.result_type(x, np.float16))[None])
             return y[0], y[0]
@@ -274,7 +283,8 @@ class Sigmoid(_Activation):
         return y, y
 
     @staticmethod
-    def backward(g, y, needs):  # d sigmoid(x) = y (1 - y)
+    # d sigmoid(x) = y (1 - y)
+    def backward(g: Any, y: np.ndarray, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         if y.ndim == 0:  # ufuncs give scalars for 0-d: no out= there
             return (g * (y * (1 - y)),)
         d = np.subtract(ONE[y.dtype], y)
@@ -283,13 +293,14 @@ class Sigmoid(_Activation):
         return (d,)
 
     @classmethod
-    def forward_code(cls, params, shapes, out_shape):
+    def forward_code(
+            cls, params: dict[str, Any], shapes: tuple[tuple[int, ...], ...], out_shape: tuple[int, ...]) -> Any:
         if not out_shape:
             return None
         return ["sigmoid(a0, y)", "s = y"], {"sigmoid": _sigmoid}, "y", out_shape, ()
 
     @staticmethod
-    def local(y):  # y (1 - y) for all steps at once (scan)
+    def local(y: np.ndarray) -> np.ndarray:  # y (1 - y) for all steps at once (scan)
         return y * (1 - y)
 
 
@@ -298,16 +309,17 @@ class Relu(_Activation):
     name = "relu"
 
     @staticmethod
-    def forward(x):
+    def forward(x: np.ndarray) -> tuple[Any, Any]:
         y = np.maximum(x, 0)
         return y, y
 
     @staticmethod
-    def backward(g, y, needs):  # d relu(x) = [x > 0]
+    # d relu(x) = [x > 0]
+    def backward(g: Any, y: np.ndarray, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         return (g * (y > 0),)
 
     @staticmethod
-    def local(y):  # [x > 0] for all steps at once (scan)
+    def local(y: np.ndarray) -> np.ndarray:  # [x > 0] for all steps at once (scan)
         return y > 0
 
 
@@ -316,12 +328,13 @@ class Sqrt(_Elementwise):
     name = "sqrt"
 
     @staticmethod
-    def forward(x):
+    def forward(x: np.ndarray) -> tuple[Any, Any]:
         y = np.sqrt(x)
         return y, y
 
     @staticmethod
-    def backward(g, y, needs):  # d sqrt(x) = 1 / (2 sqrt(x))
+    # d sqrt(x) = 1 / (2 sqrt(x))
+    def backward(g: Any, y: np.ndarray, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         return (g / (2 * y),)
 
 
@@ -330,11 +343,12 @@ class Abs(_Elementwise):
     name = "abs"
 
     @staticmethod
-    def forward(x):
+    def forward(x: np.ndarray) -> tuple[Any, Any]:
         return np.abs(x), x
 
     @staticmethod
-    def backward(g, x, needs):  # d |x| = sign(x), 0 at 0 (as PyTorch)
+    # d |x| = sign(x), 0 at 0 (as PyTorch)
+    def backward(g: Any, x: np.ndarray, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         return (g * np.sign(x),)
 
 
@@ -343,7 +357,7 @@ class Clip(_Elementwise):
     name = "clip"
 
     @staticmethod
-    def forward(x, lo, hi):
+    def forward(x: np.ndarray, lo: Any, hi: Any) -> tuple[Any, Any]:
         inside = np.ones(x.shape, dtype=bool)
         if lo is not None:
             inside &= x >= lo
@@ -352,7 +366,8 @@ class Clip(_Elementwise):
         return np.clip(x, lo, hi), inside
 
     @staticmethod
-    def backward(g, inside, needs):  # d clip(x) = [lo <= x <= hi] (boundaries pass, as PyTorch)
+    # d clip(x) = [lo <= x <= hi] (boundaries pass, as PyTorch)
+    def backward(g: Any, inside: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         return (g * inside,)
 
 
@@ -364,11 +379,12 @@ class Where(_Elementwise):
     name = "where"
 
     @staticmethod
-    def forward(a, b, cond):
+    def forward(a: np.ndarray, b: np.ndarray, cond: np.ndarray) -> tuple[Any, Any]:
         return np.where(cond, a, b), cond
 
     @staticmethod
-    def backward(g, cond, needs):  # the gradient follows whichever branch was taken
+    # the gradient follows whichever branch was taken
+    def backward(g: Any, cond: np.ndarray, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         return (g * cond if needs[0] else None), (g * ~cond if needs[1] else None), None
 
     code = (("np.copyto(y, a1)", "np.copyto(y, a0, where=a2)", "s = a2"), "a2")
@@ -379,11 +395,12 @@ class Maximum(_Elementwise):
     name = "maximum"
 
     @staticmethod
-    def forward(a, b):
+    def forward(a: np.ndarray, b: np.ndarray) -> tuple[Any, Any]:
         return np.maximum(a, b), (a, b)
 
     @staticmethod
-    def backward(g, saved, needs):  # the larger input gets g; on a tie each gets g / 2
+    # the larger input gets g; on a tie each gets g / 2
+    def backward(g: Any, saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         a, b = saved
         half = g.dtype.type(0.5)
         tie = (a == b) * half

@@ -69,14 +69,15 @@ class Addcmul(_Elementwise):
     name = "addcmul"
 
     @staticmethod
-    def forward(a, b, c, value=1):
+    def forward(a: np.ndarray, b: np.ndarray, c: np.ndarray, value: Any = 1) -> tuple[Any, Any]:
         y = b * c
         if value != 1:
             y = y * value
         return _add_into(y, a), (b, c, value)
 
     @staticmethod
-    def backward(g, saved, needs):  # d = da + value (c db + b dc)
+    # d = da + value (c db + b dc)
+    def backward(g: Any, saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         b, c, value = saved
         if value != 1:
             g2 = g * value
@@ -85,14 +86,16 @@ class Addcmul(_Elementwise):
         return g, (g2 * c if needs[1] else None), (g2 * b if needs[2] else None)
 
     @classmethod
-    def forward_code(cls, params, shapes, out_shape):
+    def forward_code(
+            cls, params: dict[str, Any], shapes: tuple[tuple[int, ...], ...], out_shape: tuple[int, ...]) -> Any:
         if params.get("value", 1) != 1 or not out_shape or any(s != out_shape for s in shapes):
             return None
         return ["np.multiply(a1, a2, y)", "np.add(y, a0, y)", "s = (a1, a2, value)"], \
             {"value": params.get("value", 1)}, ("a1", "a2", None), out_shape, ()
 
     @classmethod
-    def grad_code(cls, params, shapes, out_shape):
+    def grad_code(
+            cls, params: dict[str, Any], shapes: tuple[tuple[int, ...], ...], out_shape: tuple[int, ...]) -> Any:
         if params.get("value", 1) != 1:
             return None
         exprs = {0: "g", 1: "g * s[1]", 2: "g * s[0]"}
@@ -107,19 +110,21 @@ class Lerp(_Elementwise):
     name = "lerp"
 
     @staticmethod
-    def forward(a, b, w):
+    def forward(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> tuple[Any, Any]:
         d = b - a
         return _add_into(w * d, a), (w, d)
 
     @staticmethod
-    def backward(g, saved, needs):  # d = (1 - w) da + w db + (b - a) dw
+    # d = (1 - w) da + w db + (b - a) dw
+    def backward(g: Any, saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         w, d = saved
         gb = g * w
         ga = (g - gb) if needs[0] else None
         return ga, (gb if needs[1] else None), (g * d if needs[2] else None)
 
     @classmethod
-    def forward_code(cls, params, shapes, out_shape):
+    def forward_code(
+            cls, params: dict[str, Any], shapes: tuple[tuple[int, ...], ...], out_shape: tuple[int, ...]) -> Any:
         if not out_shape or any(s != out_shape for s in shapes):
             return None
         return ["d = a1 - a0", "np.multiply(a2, d, y)", "np.add(y, a0, y)", "s = (a2, d)"], \
@@ -134,11 +139,11 @@ class MatMul(Primitive):
     name = "matmul"
 
     @staticmethod
-    def forward(a, b):
+    def forward(a: np.ndarray, b: np.ndarray) -> tuple[Any, Any]:
         return (_steps_matmul(a, b) if b.ndim == 2 else a @ b), (a, b)
 
     @staticmethod
-    def backward(g, saved, needs):
+    def backward(g: Any, saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         a, b = saved
         if b.ndim == 2 and a.ndim >= 2:  # dA = G B^T, dB = A^T G (dB as a Grad.of: see Product)
             gb = None
@@ -169,23 +174,27 @@ class MatMul(Primitive):
         return ga, gb
 
     @classmethod
-    def batches(cls, varying, ndims):  # a step's (..., n) @ a weight (n, m): a (T, ..., n) @ w
+    # a step's (..., n) @ a weight (n, m): a (T, ..., n) @ w
+    def batches(cls, varying: tuple[bool, ...], ndims: tuple[int, ...]) -> bool:
         return varying[0] and not varying[1] and ndims[1] == 2
 
     @classmethod
-    def forward_code(cls, params, shapes, out_shape):
+    def forward_code(
+            cls, params: dict[str, Any], shapes: tuple[tuple[int, ...], ...], out_shape: tuple[int, ...]) -> Any:
         if not out_shape:
             return None
         return ["np.matmul(a0, a1, y)", "s = (a0, a1)"], {}, ("a0", "a1"), out_shape, ()
 
     @classmethod
-    def grad_code(cls, params, shapes, out_shape):  # dA = G B^T (a weight's dB is batched)
+    # dA = G B^T (a weight's dB is batched)
+    def grad_code(
+            cls, params: dict[str, Any], shapes: tuple[tuple[int, ...], ...], out_shape: tuple[int, ...]) -> Any:
         if len(shapes[1]) != 2 or len(shapes[0]) < 2:
             return None
         return (), {0: "g @ s[1].T"}
 
     @classmethod
-    def check(cls, a, b):
+    def check(cls, a: np.ndarray, b: np.ndarray) -> None:
         if a.ndim == 0 or b.ndim == 0:
             raise ShapeError(f"matmul: shapes {a.shape} and {b.shape}: both operands need at "
                              f"least one dimension (use * for scalars)")
@@ -210,7 +219,8 @@ class Linear(Primitive):
     name = "linear"
 
     @staticmethod
-    def forward(x, w, *biases, act=None):
+    def forward(
+            x: np.ndarray, w: np.ndarray, *biases: np.ndarray, act: Any = None) -> tuple[Any, Any]:
         y = _steps_matmul(x, w.T)
         if len(biases) == 2 and biases[0].shape == biases[1].shape == (w.shape[0],):
             # e.g. b_ih + b_hh over a whole sequence: one pass over y instead of two
@@ -229,31 +239,37 @@ class Linear(Primitive):
         return y, (x, w, shapes, act, y)
 
     @staticmethod
-    def backward(g, saved, needs):  # dx = G W, dW = G^T X, db = G (summed over broadcast axes)
+    # dx = G W, dW = G^T X, db = G (summed over broadcast axes)
+    def backward(g: Any, saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         _, _, _, act, y = saved
         if act is not None:  # act(x W^T + b): the chain rule through act first
             g = _ACTIVATION_GRAD[act](g, y)
         return Linear._grads(g, saved, needs)
 
     @staticmethod
-    def local(saved):  # act'(y) for all steps at once (scan; linear with act only)
+    # act'(y) for all steps at once (scan; linear with act only)
+    def local(saved: Any) -> np.ndarray:
         _, _, _, act, y = saved
         return _ACTIVATION_LOCAL[act](y)
 
     @staticmethod
-    def backward_local(g, d, saved, needs):
+    def backward_local(
+            g: Any, d: np.ndarray, saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         return Linear._grads(g * d, saved, needs)
 
     @classmethod
-    def local_for(cls, params):
+    def local_for(cls, params: dict[str, Any]) -> Any:
         return cls.local if params.get("act") else None
 
     @classmethod
-    def batches(cls, varying, ndims):  # steps' x (T, ..., in) against one weight
+    # steps' x (T, ..., in) against one weight
+    def batches(cls, varying: tuple[bool, ...], ndims: tuple[int, ...]) -> bool:
         return not varying[1]
 
     @classmethod
-    def forward_code(cls, params, shapes, out_shape):  # as forward, for biases added in place
+    # as forward, for biases added in place
+    def forward_code(
+            cls, params: dict[str, Any], shapes: tuple[tuple[int, ...], ...], out_shape: tuple[int, ...]) -> Any:
         x, w, biases = shapes[0], shapes[1], shapes[2:]
         if len(w) != 2 or not x or (len(biases) == 2 and biases[0] == biases[1] == (w[0],)) \
                 or any(b != out_shape[len(out_shape) - len(b):] for b in biases):
@@ -269,7 +285,9 @@ class Linear(Primitive):
             ("a0", "a1", None, None, "y"), out_shape, ()
 
     @classmethod
-    def grad_code(cls, params, shapes, out_shape):  # dx = G W; a full-shape bias gets G
+    # dx = G W; a full-shape bias gets G
+    def grad_code(
+            cls, params: dict[str, Any], shapes: tuple[tuple[int, ...], ...], out_shape: tuple[int, ...]) -> Any:
         if len(shapes[1]) != 2 or not shapes[0]:
             return None
         exprs = {0: "g @ s[1]"}
@@ -279,10 +297,11 @@ class Linear(Primitive):
             Linear._grads
 
     @staticmethod
-    def _grads(g, saved, needs):  # g: the gradient of x W^T + b (after the activation's)
+    # g: the gradient of x W^T + b (after the activation's)
+    def _grads(g: Any, saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         x, w, bias_shapes, _, _ = saved
         gx = _steps_matmul(g, w) if needs[0] else None
-        gw = None
+        gw: Any = None
         stepwise = x.ndim >= 3
         if needs[1]:
             if x.ndim == 1:
@@ -293,8 +312,8 @@ class Linear(Primitive):
                              steps=True)
             else:
                 gw = Grad.of(g, x)
-        gbs = []
-        summed = None  # the gradient of an (out,) bias, the same for all of them: made once
+        gbs: list[Any] = []
+        summed: Any = None  # the gradient of an (out,) bias, the same for all of them: made once
         for shape, need in zip(bias_shapes, needs[2:]):
             if not need:
                 gbs.append(None)
@@ -312,7 +331,7 @@ class Linear(Primitive):
         return (gx, gw, *gbs)
 
     @classmethod
-    def check(cls, x, w, *biases, act=None):
+    def check(cls, x: np.ndarray, w: np.ndarray, *biases: np.ndarray, act: Any = None) -> None:
         if w.ndim != 2 or x.ndim == 0 or x.shape[-1] != w.shape[1]:
             raise ShapeError(f"linear: x {x.shape} and weight {w.shape} do not fit: expected x "
                              f"(..., in) and weight (out, in) with the same 'in'")
@@ -342,7 +361,7 @@ class Gates(Primitive):
     nout = None
 
     @staticmethod
-    def forward(x, acts):
+    def forward(x: np.ndarray, acts: Any) -> tuple[Any, Any]:
         n = x.shape[-1] // len(acts)
         if "sigmoid" in acts:  # one sigmoid pass over everything, then redo the other chunks
             y, _ = Sigmoid.forward(x)
@@ -363,7 +382,7 @@ class Gates(Primitive):
         return outs, (y, acts)
 
     @staticmethod
-    def backward(gs, saved, needs):
+    def backward(gs: list[Any], saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         y, acts = saved
         n = y.shape[-1] // len(acts)
         if "sigmoid" in acts:  # d sigmoid = y (1 - y); the other chunks are overwritten below
@@ -389,7 +408,7 @@ class Gates(Primitive):
         return (d,)
 
     @staticmethod
-    def local(saved):  # every chunk's derivative, for all steps at once (scan)
+    def local(saved: Any) -> np.ndarray:  # every chunk's derivative, for all steps at once (scan)
         y, acts = saved
         n = y.shape[-1] // len(acts)
         if "sigmoid" in acts:  # y (1 - y) over the whole array (a column slice costs more),
@@ -411,7 +430,9 @@ class Gates(Primitive):
         return d
 
     @classmethod
-    def forward_code(cls, params, shapes, out_shape):  # as forward: views of one array
+    # as forward: views of one array
+    def forward_code(
+            cls, params: dict[str, Any], shapes: tuple[tuple[int, ...], ...], out_shape: tuple[int, ...]) -> Any:
         acts = params["acts"]
         if not shapes[0]:
             return None
@@ -428,11 +449,15 @@ class Gates(Primitive):
             shapes[0], tuple((k, "a0") for k, a in enumerate(acts) if a == "identity")
 
     @classmethod
-    def grad_code(cls, params, shapes, out_shape):  # every chunk's gradient side by side, times d
+    # every chunk's gradient side by side, times d
+    def grad_code(
+            cls, params: dict[str, Any], shapes: tuple[tuple[int, ...], ...], out_shape: tuple[int, ...]) -> Any:
         return ("g = np.concatenate(g, axis=-1@OUT)", "np.multiply(g, d, g)"), {0: "g"}
 
     @staticmethod
-    def backward_local(gs, d, saved, needs):  # the chunks' gradients side by side, times d
+    # the chunks' gradients side by side, times d
+    def backward_local(
+            gs: list[Any], d: np.ndarray, saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         if any(g is None for g in gs):
             gs = [np.zeros(d.shape[:-1] + (d.shape[-1] // len(gs),), d.dtype) if g is None
                   else g for g in gs]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from typing import Any
 
 import numpy as np
 
@@ -24,11 +25,12 @@ class Sum(Primitive):
     name = "sum"
 
     @staticmethod
-    def forward(x, axis, keepdims):
+    def forward(x: np.ndarray, axis: Any, keepdims: Any) -> tuple[Any, Any]:
         return x.sum(axis=axis, keepdims=keepdims), (x.shape, axis)
 
     @staticmethod
-    def backward(g, saved, needs):  # every summand gets the upstream gradient
+    # every summand gets the upstream gradient
+    def backward(g: Any, saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         shape, axis = saved
         return (np.broadcast_to(g.reshape(_keep_shape(shape, axis)), shape),)
 
@@ -38,11 +40,12 @@ class Mean(Primitive):
     name = "mean"
 
     @staticmethod
-    def forward(x, axis, keepdims):
+    def forward(x: np.ndarray, axis: Any, keepdims: Any) -> tuple[Any, Any]:
         return x.mean(axis=axis, keepdims=keepdims), (x.shape, axis)
 
     @staticmethod
-    def backward(g, saved, needs):  # d mean = 1/n per element
+    # d mean = 1/n per element
+    def backward(g: Any, saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         shape, axis = saved
         kshape = _keep_shape(shape, axis)
         n = builtins.max(int(np.prod(shape)) // builtins.max(int(np.prod(kshape)), 1), 1)
@@ -56,14 +59,14 @@ class Max(Primitive):
     name = "max"
 
     @staticmethod
-    def forward(x, axis, keepdims):
+    def forward(x: np.ndarray, axis: Any, keepdims: Any) -> tuple[Any, Any]:
         m = x.max(axis=axis, keepdims=True)
         hit = x == m
         count = hit.sum(axis=axis, keepdims=True).astype(x.dtype)
         return (m if keepdims else _drop(m, axis)), (hit, count)
 
     @staticmethod
-    def backward(g, saved, needs):
+    def backward(g: Any, saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         hit, count = saved
         return (hit * (g.reshape(count.shape) / count),)
 
@@ -75,14 +78,15 @@ class LogSumExp(Primitive):
     name = "logsumexp"
 
     @staticmethod
-    def forward(x, axis, keepdims):
+    def forward(x: np.ndarray, axis: Any, keepdims: Any) -> tuple[Any, Any]:
         m = x.max(axis=axis, keepdims=True)
         m = np.where(np.isfinite(m), m, 0)  # all -inf (or inf) rows: shift by 0 instead of nan
         y = np.log(np.exp(x - m).sum(axis=axis, keepdims=True)) + m
         return (y if keepdims else _drop(y, axis)), (x, y)
 
     @staticmethod
-    def backward(g, saved, needs):  # d logsumexp(x) = softmax(x)
+    # d logsumexp(x) = softmax(x)
+    def backward(g: Any, saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         x, y = saved
         return (g.reshape(y.shape) * np.exp(x - y),)
 

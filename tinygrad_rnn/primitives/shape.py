@@ -17,11 +17,11 @@ class Reshape(Primitive):
     name = "reshape"
 
     @staticmethod
-    def forward(x, shape):
+    def forward(x: np.ndarray, shape: Any) -> tuple[Any, Any]:
         return x.reshape(shape), x.shape
 
     @staticmethod
-    def backward(g, shape, needs):
+    def backward(g: Any, shape: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         return (g.reshape(shape),)
 
 
@@ -30,15 +30,17 @@ class Transpose(Primitive):
     name = "transpose"
 
     @staticmethod
-    def forward(x, axes):
+    def forward(x: np.ndarray, axes: Any) -> tuple[Any, Any]:
         return x.transpose(axes), axes
 
     @staticmethod
-    def backward(g, axes, needs):  # the inverse permutation undoes it
+    # the inverse permutation undoes it
+    def backward(g: Any, axes: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         return (g.transpose(None if axes is None else np.argsort(axes)),)
 
     @staticmethod
-    def backward_product(g, axes, needs):  # (A^T B)^T = B^T A: a weight's W.T, kept a product
+    # (A^T B)^T = B^T A: a weight's W.T, kept a product
+    def backward_product(g: Any, axes: Any, needs: tuple[bool, ...]) -> tuple[Any, ...] | None:
         if axes is None or tuple(axes) == (1, 0):
             return (Grad.of(g.b, g.a, g.steps),)
         return None
@@ -56,11 +58,11 @@ class GetItem(Primitive):
     name = "getitem"
 
     @staticmethod
-    def forward(x, index):
+    def forward(x: np.ndarray, index: Any) -> tuple[Any, Any]:
         return x[index], (x.shape, index)
 
     @staticmethod
-    def backward(g, saved, needs):
+    def backward(g: Any, saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         shape, index = saved
         gx = np.zeros(shape, dtype=g.dtype)
         if _is_advanced(index):
@@ -75,17 +77,18 @@ class Concat(Primitive):
     name = "concat"
 
     @staticmethod
-    def forward(*xs, axis):
+    def forward(*xs: np.ndarray, axis: Any) -> tuple[Any, Any]:
         y = np.concatenate(xs, axis=axis)
         return y, (np.cumsum([x.shape[axis] for x in xs[:-1]]), axis)
 
     @staticmethod
-    def backward(g, saved, needs):  # each input gets its own slab of g
+    # each input gets its own slab of g
+    def backward(g: Any, saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         cuts, axis = saved
         return tuple(np.split(g, cuts, axis=axis))
 
     @classmethod
-    def check(cls, *xs, axis):
+    def check(cls, *xs: np.ndarray, axis: Any) -> None:
         shapes = ", ".join(str(x.shape) for x in xs)
         raise ShapeError(f"concat: shapes {shapes} do not match except along axis {axis}")
 
@@ -95,7 +98,7 @@ class Stack(Primitive):
     name = "stack"
 
     @staticmethod
-    def forward(*xs, axis):
+    def forward(*xs: np.ndarray, axis: Any) -> tuple[Any, Any]:
         if xs and xs[0].ndim and axis % (xs[0].ndim + 1) == 0 and len({x.shape for x in xs}) == 1:
             # unroll's outputs: one concatenate is 2-3x faster than np.stack's Python code
             y = np.concatenate(xs).reshape((len(xs),) + xs[0].shape)
@@ -104,11 +107,11 @@ class Stack(Primitive):
         return y, axis % y.ndim
 
     @staticmethod
-    def backward(g, axis, needs):
+    def backward(g: Any, axis: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         return tuple(np.moveaxis(g, axis, 0))
 
     @classmethod
-    def check(cls, *xs, axis):
+    def check(cls, *xs: np.ndarray, axis: Any) -> None:
         shapes = ", ".join(str(x.shape) for x in xs)
         raise ShapeError(f"stack: all inputs must have the same shape, got {shapes}")
 
@@ -121,7 +124,7 @@ class Split(Primitive):
     nout = None
 
     @staticmethod
-    def forward(x, sizes, axis):
+    def forward(x: np.ndarray, sizes: Any, axis: Any) -> tuple[Any, Any]:
         index = [slice(None)] * x.ndim
         outs, start = [], 0
         for n in sizes:
@@ -131,7 +134,9 @@ class Split(Primitive):
         return outs, (x.dtype, sizes, axis, x.shape)
 
     @classmethod
-    def forward_code(cls, params, shapes, out_shape):  # views of the input, as forward
+    # views of the input, as forward
+    def forward_code(
+            cls, params: dict[str, Any], shapes: tuple[tuple[int, ...], ...], out_shape: tuple[int, ...]) -> Any:
         sizes, axis = params["sizes"], params["axis"]
         lines, start = [], 0
         for k, n in enumerate(sizes):
@@ -142,11 +147,14 @@ class Split(Primitive):
             {"sizes": sizes, "axis": axis}, None, None, tuple((k, "a0") for k in range(len(sizes)))
 
     @classmethod
-    def grad_code(cls, params, shapes, out_shape):  # every piece's gradient, side by side
+    # every piece's gradient, side by side
+    def grad_code(
+            cls, params: dict[str, Any], shapes: tuple[tuple[int, ...], ...], out_shape: tuple[int, ...]) -> Any:
         return (f"g = np.concatenate(g, axis={int(params['axis'])}@OUT)",), {0: "g"}
 
     @staticmethod
-    def backward(gs, saved, needs):  # pieces that got no gradient contribute zeros
+    # pieces that got no gradient contribute zeros
+    def backward(gs: list[Any], saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         dtype, sizes, axis, shape = saved
         parts = []
         for g, n in zip(gs, sizes):
@@ -168,11 +176,12 @@ class Unbind(Primitive):
     nout = None
 
     @staticmethod
-    def forward(x, axis):
+    def forward(x: np.ndarray, axis: Any) -> tuple[Any, Any]:
         return list(x if axis == 0 else np.moveaxis(x, axis, 0)), (x.dtype, x.shape, axis)
 
     @staticmethod
-    def backward(gs, saved, needs):  # stack the slices' gradients; unused slices give zeros
+    # stack the slices' gradients; unused slices give zeros
+    def backward(gs: list[Any], saved: Any, needs: tuple[bool, ...]) -> tuple[Any, ...]:
         dtype, shape, axis = saved
         gx = np.empty(shape, dtype=dtype)  # every slice is written below: no zero-fill pass
         view = gx if axis == 0 else np.moveaxis(gx, axis, 0)
