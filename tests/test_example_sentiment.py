@@ -17,6 +17,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sentiment.py"
 
 def load_sentiment() -> ModuleType:
     spec = importlib.util.spec_from_file_location("example_sentiment", EXAMPLE)
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

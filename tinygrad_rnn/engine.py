@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import products
 from .errors import GraphError, ShapeError
 from .mode import ANOMALY, check_finite, get_mode
+from .products import Product
 
 if TYPE_CHECKING:
     from .primitive import Primitive
@@ -34,7 +36,8 @@ _ndarray = np.ndarray  # a global: accumulate reads it per gradient
 
 
 class Node:
-    """One record of the tape: `op` applied to `inputs`; `grad` collects d(root)/d(output).
+    """One record of the tape: `op` applied to `inputs`; `grad` collects d(root)/d(output), one
+    slot per output (an array, a Grad of terms, or None).
 
     A single-output record also stands for its output in the records that use it: they need
     only where the gradient goes and its shape and dtype, not the data. So an intermediate
@@ -46,6 +49,7 @@ class Node:
                  "shape", "dtype")
     _requires_grad = requires_grad = True
     _ref = None  # as an input given to primitive.record, a record stands for itself
+    _idx = 0  # as an input entry: the gradient slot of its (single) output
 
     def __init__(self, op: type[Primitive], inputs: tuple[Any, ...], saved: Any,
                  needs: tuple[bool, ...], outputs: int | None = None, where: Any = None,
@@ -55,8 +59,8 @@ class Node:
         self.saved = saved
         self.needs = needs
         self.seq = next(_seq)
-        self.outputs = outputs  # None: one output; else how many (and grad is a list)
-        self.grad: Any = None if outputs is None else [None] * outputs
+        self.outputs = outputs  # None: one output (op.nout == 1); else how many
+        self.grad: list[Any] = [None] * (outputs or 1)
         self.where = where  # the user's line (SourceLine or str): for errors
         self.retained: list[Tensor] | None = None
         self.shape, self.dtype = shape, dtype  # of the (single) output
@@ -106,26 +110,6 @@ def current_seq() -> int:
 
 
 # ----------------------------------------------------------------------------- gradients
-class Product:
-    """The term a.T @ b of a gradient, not computed yet: a weight's gradient from one step (a
-    (N, p), b (N, q)), or with `steps` from S steps at once (a (S, n, p), b (S, n, q), the
-    steps in time order), `shape` the weight's. A leaf gathers the products it gets and
-    multiplies them in one GEMM per block of `BLOCK_ROWS` rows, counted from the last step,
-    instead of one small product per step: the blocks, hence the bits, are the same however
-    the replay is split (checkpoint segments, scans)."""
-
-    __slots__ = ("a", "b", "steps")
-
-    def __init__(self, a: np.ndarray, b: np.ndarray, steps: bool = False) -> None:
-        self.a, self.b, self.steps = a, b, steps
-
-    def value(self) -> np.ndarray:
-        if self.steps:
-            return sum((a.T @ b for a, b in zip(self.a[::-1], self.b[::-1])),
-                       np.zeros((self.a.shape[-1], self.b.shape[-1]), self.a.dtype))
-        return self.a.T @ self.b
-
-
 class Grad(list):
     """A gradient as the terms that add up to it, in arrival order (the latest record's first):
     arrays of the target's shape (or broadcast to it) and `Product`s. A backward may return one
@@ -187,23 +171,15 @@ def unbroadcast(g: np.ndarray, shape: tuple[int, ...], op_name: str) -> np.ndarr
 
 def accumulate(t: Any, g: Any, op_name: str = "backward") -> None:
     """Add gradient g (array or Grad) for input entry t (leaf Tensor, Node or Port) of a record
-    of `op_name`: a leaf adds it to .grad now, a record keeps it as terms until it is replayed."""
-    m = t._node
-    if m is not None and type(g) is _ndarray:  # the common case: one array for a record
-        if g.shape != t.shape or g.dtype is not t.dtype and g.dtype != t.dtype:
-            g = as_array(g, t.shape, t.dtype, op_name)
-        if m.outputs is None:
-            m.grad = g if m.grad is None else _join(m.grad, (g,))
-        else:
-            cur = m.grad[t._idx]
-            m.grad[t._idx] = g if cur is None else _join(cur, (g,))
-        return
+    of `op_name`: a leaf adds its terms to .grad as they arrive; a record keeps them apart, to
+    be added when it is replayed (Grad.total)."""
+    m = t if type(t) is Node else t._node  # (a record's _node is a property: slower)
     terms = g if type(g) is Grad else (g,)
-    if m is None:  # a leaf: .grad is ours, so terms are added in place, as they arrive
+    if m is None:  # a leaf: .grad is ours, so terms are added in place
         shape, dtype = t._data.shape, t._data.dtype
         for x in terms:
             if type(x) is Product and x.a.dtype == x.b.dtype == dtype:
-                _defer(t, x)
+                products.defer(t, x)
                 continue
             x = as_array(x, shape, dtype, op_name)
             if t.grad is None:
@@ -211,80 +187,17 @@ def accumulate(t: Any, g: Any, op_name: str = "backward") -> None:
             else:
                 np.add(t.grad, x, t.grad)
         return
-    new = [as_array(x, t.shape, t.dtype, op_name) for x in terms]
-    if m.outputs is None:
-        m.grad = _join(m.grad, new)
-    else:
-        m.grad[t._idx] = _join(m.grad[t._idx], new)
-
-
-def _join(cur: Any, new: Any) -> Any:
-    """A record's gradient `cur` (None, an array or a Grad) with the arrays `new` after it."""
-    if cur is None and len(new) == 1:
-        return new[0]
-    if type(cur) is not Grad:
-        cur = Grad(() if cur is None else (cur,))
-    cur.extend(new)
-    return cur
-
-
-# A leaf's products, gathered per thread (a checkpoint replays inside a replay) until a block
-# is full or the outermost backward ends.
-BLOCK_ROWS = 1024
-
-
-class _Blocks(threading.local):
-    depth = 0  # nested replays (a checkpoint's) of this thread
-    pending: dict[int, list[Any]]  # id(leaf) -> [leaf, a parts, b parts, rows]
-
-    def __init__(self) -> None:
-        self.pending = {}
-
-
-_blocks = _Blocks()
-
-
-def _defer(t: Tensor, p: Product) -> None:
-    entry = _blocks.pending.get(id(t))
-    if entry is None:
-        entry = _blocks.pending[id(t)] = [t, [], [], 0]
-    if not p.steps:
-        entry[1].append(p.a)
-        entry[2].append(p.b)
-        entry[3] += p.a.shape[0]
-        if entry[3] >= BLOCK_ROWS:
-            _flush(entry)
-        return
-    a, b = p.a, p.b
-    # as if the steps came one by one, the last first, with each block's steps as one slice
-    hi, n = a.shape[0], max(a.shape[1], 1)
-    while hi > 0:
-        lo = max(0, hi - max(1, -(-(BLOCK_ROWS - entry[3]) // n)))  # the steps the block lacks
-        entry[1].append(a[lo:hi].reshape(-1, a.shape[2]))
-        entry[2].append(b[lo:hi].reshape(-1, b.shape[2]))
-        entry[3] += (hi - lo) * n
-        if entry[3] >= BLOCK_ROWS:
-            _flush(entry)
-        hi = lo
-
-
-def _flush(entry: list[Any]) -> None:
-    t, aa, bb, _ = entry  # parts in arrival order, the latest steps first: reversed here
-    a = aa[0] if len(aa) == 1 else np.concatenate(aa[::-1])
-    b = bb[0] if len(bb) == 1 else np.concatenate(bb[::-1])
-    g = (a.T @ b).reshape(t.data.shape)  # a bias's (1, q) product is (q,)
-    if t.grad is None:
-        t.grad = g
-    else:
-        np.add(t.grad, g, out=t.grad)
-    entry[1], entry[2], entry[3] = [], [], 0
-
-
-def _flush_all() -> None:
-    pending, _blocks.pending = _blocks.pending, {}
-    for entry in pending.values():
-        if entry[3]:
-            _flush(entry)
+    shape, dtype, slots, i = t.shape, t.dtype, m.grad, t._idx
+    for x in terms:
+        if type(x) is not _ndarray or x.shape != shape or x.dtype is not dtype and x.dtype != dtype:
+            x = as_array(x, shape, dtype, op_name)
+        cur = slots[i]
+        if cur is None:
+            slots[i] = x
+        elif type(cur) is Grad:
+            cur.append(x)
+        else:
+            slots[i] = Grad((cur, x))
 
 
 # ----------------------------------------------------------------------------- in-place writes
@@ -364,7 +277,7 @@ def walk(*roots: Any, since: int = 0, leaves: dict[int, Any] | None = None) -> l
                              "computed outside it and is not one of its arguments; pass that "
                              "tensor as an argument (leaves such as parameters are fine)")
         for t in n.inputs:
-            m = t._node
+            m = t if type(t) is Node else t._node
             if m is not None:
                 if m not in seen:
                     seen.add(m)
@@ -393,26 +306,33 @@ def backward(root: Tensor, grad: Any = None, retain_graph: bool = False) -> None
     run_backward([root], [g], retain_graph)
 
 
+class _Depth(threading.local):
+    n = 0  # this thread's replays in progress (a checkpoint replays inside a replay)
+
+
+_depth = _Depth()
+
+
 def run_backward(roots: list[Tensor], grads: list[Any], retain_graph: bool = False,
                  since: int = 0) -> None:
     """Seed each root with its gradient (array or Grad) and replay the union of their tapes in
     reverse order. Only records made at or after sequence number `since` may be replayed (see
     `checkpoint`). All or nothing: if it raises, no leaf keeps a gradient from it."""
     pairs = [(t, g) for t, g in zip(roots, grads) if g is not None and t._requires_grad]
-    leaves: dict[int, Any] | None = {} if _blocks.depth == 0 else None
+    leaves: dict[int, Any] | None = {} if _depth.n == 0 else None
     nodes = walk(*[t for t, _ in pairs], since=since, leaves=leaves)
     before = [(t, None if t.grad is None else t.grad.copy()) for t in leaves.values()] \
         if leaves is not None else None
-    _blocks.depth += 1
+    _depth.n += 1
     ok = False
     try:
         for t, g in pairs:  # seeded only now: a failed walk must leave nothing behind
-            accumulate(t, g)
+            accumulate(port(t), g)
         _replay(nodes, retain_graph)
         ok = True
     except BaseException as e:
         if before is not None:
-            _blocks.pending = {}
+            products.discard()
             for t, old in before:
                 t.grad = old
             why = (f"backward: an earlier backward through this graph raised {type(e).__name__}"
@@ -424,13 +344,13 @@ def run_backward(roots: list[Tensor], grads: list[Any], retain_graph: bool = Fal
                     n.saved = why
         raise
     finally:
-        _blocks.depth -= 1
-        if _blocks.depth == 0 and ok:
-            _flush_all()
+        _depth.n -= 1
+        if _depth.n == 0 and ok:
+            products.flush()
         if not ok:  # leave no half-accumulated gradients behind
             for n in nodes:
                 if n.op is not None:
-                    n.grad = None if n.outputs is None else [None] * n.outputs
+                    n.grad = [None] * (n.outputs or 1)
 
 
 def _replay(nodes: list[Node], retain_graph: bool) -> None:
@@ -438,14 +358,16 @@ def _replay(nodes: list[Node], retain_graph: bool) -> None:
     anomaly = get_mode() & ANOMALY
     for n in nodes:
         op: Any = n.op
-        g, n.grad = n.grad, (None if n.outputs is None else [None] * n.outputs)
-        if n.outputs is not None and not any(x is not None for x in g):
-            g = None
-        if g is not None and not op.unsummed:  # its terms added, in record order
-            if n.outputs is not None:
-                g = [total(x) for x in g]
-            elif type(g) is Grad:
+        gs = n.grad  # after this record nothing can add to it: emptied only for a next backward
+        n.grad = [None] * len(gs) if retain_graph else None  # type: ignore[assignment]
+        if n.outputs is None:  # a Grad's terms are added (in record order) unless op.unsummed
+            g = gs[0]
+            if type(g) is Grad and not op.unsummed:
                 g = g.total()
+        elif any(x is not None for x in gs):
+            g = [x.total() if type(x) is Grad and not op.unsummed else x for x in gs]
+        else:
+            g = None
         if n.retained is not None:
             _store_retained(n, g)
             if not retain_graph:
@@ -461,9 +383,10 @@ def _replay(nodes: list[Node], retain_graph: bool) -> None:
             if anomaly:
                 check_finite(op.name, "gradient", [total(x) for x in grads_in if x is not None],
                              n.where)
+            name = op.name
             for t, gi, need in zip(n.inputs, grads_in, n.needs):
                 if need and gi is not None:
-                    accumulate(t, gi, op.name)
+                    accumulate(t, gi, name)
             g = grads_in = gi = None  # no local may keep a gradient alive past its record
         if not retain_graph:
             n.op = n.inputs = n.saved = None  # type: ignore[assignment]

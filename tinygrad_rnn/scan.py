@@ -39,10 +39,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from . import random as _random
-from .engine import Grad, Product, as_array, memory_owner, unbroadcast
+from .engine import Grad, as_array, memory_owner, unbroadcast
 from .mode import _MODE, ANOMALY, GRAD, TRACE, check_finite
 from .errors import AnomalyError, CompileWarning
 from .primitive import TRACER, Primitive
+from .products import Product
 from .tensor import Tensor
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
