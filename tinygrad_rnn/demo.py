@@ -1,20 +1,25 @@
 """The main demo: a character-level LSTM language model of *Moby Dick*, trained from scratch.
 
-    python -m tinygrad_rnn.demo            # ~2-3 minutes on 2 cores
-    python -m tinygrad_rnn.demo --quick    # a few seconds, for tests
+    python -m tinygrad_rnn.demo                # about 4.5 minutes on 2 cores
+    python -m tinygrad_rnn.demo --minutes 1    # a shorter budget: the schedule follows it
+    python -m tinygrad_rnn.demo --quick        # a few seconds, for tests
 
 The book (bundled with the package) is split at a chapter boundary: the last ~7% (chapters 129-135)
 is held out. Training uses truncated backpropagation through time over `--batch` parallel streams
 of the training text: each update runs `--seq-len` characters from the detached state where the
-previous update stopped. The held-out chapters are scored in bits per character against a unigram
-and a bigram model of the training text (add-one smoothing), then the model writes a sample.
-The last line printed is `RESULT {json}` for scripts and tests.
+previous update stopped. Training runs for `--minutes` of wall-clock time (or `--steps` updates),
+the learning rate following the elapsed fraction of that budget, and part of the held-out text is
+scored along the way to watch for overfitting. At the end the held-out chapters are scored in bits
+per character against a unigram and a bigram model of the training text (add-one smoothing), the
+curves go to a PNG (with matplotlib), and the model writes a sample, of which the share of words
+that occur in the training text is printed. The last line printed is `RESULT {json}`.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import time
 from typing import Any, Iterable
@@ -26,8 +31,11 @@ import tinygrad_rnn.nn.functional as F
 from tinygrad_rnn import datasets, nn, optim
 from tinygrad_rnn.progress import Progress, limit_blas_threads, print_result
 
-DEFAULTS = {"steps": 800, "hidden": 256, "seq_len": 64, "batch": 32, "embed": 48, "lr": 3e-3}
-QUICK = {"steps": 60, "hidden": 64, "seq_len": 32, "batch": 16, "embed": 16, "lr": 1e-2}
+DEFAULTS = {"minutes": 4.0, "steps": None, "hidden": 256, "layers": 1, "seq_len": 64,
+            "batch": 32, "embed": 48, "lr": 3e-3, "blas_threads": 1}
+QUICK = {"minutes": None, "steps": 60, "hidden": 64, "layers": 1, "seq_len": 32, "batch": 16,
+         "embed": 16, "lr": 1e-2, "blas_threads": 1}
+CHECKS = 5  # held-out scores during training (on a quarter of the held-out streams)
 VALID_FRACTION = 0.08  # hold out from the first chapter that starts in the last 8% of the book
 EVAL_STREAMS = 64  # the held-out text is scored as this many parallel streams
 
@@ -85,10 +93,11 @@ def bigram_bits(train: np.ndarray, contexts: np.ndarray, targets: np.ndarray,
 class CharLSTM(nn.Module):
     """Embedding -> LSTM -> Linear: next-character logits for (T, B) character ids."""
 
-    def __init__(self, vocab_size: int, embed: int, hidden: int, compile: bool = True) -> None:
+    def __init__(self, vocab_size: int, embed: int, hidden: int, layers: int = 1,
+                 compile: bool = True) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed)
-        self.lstm = nn.LSTM(embed, hidden, compile=compile)
+        self.lstm = nn.LSTM(embed, hidden, num_layers=layers, compile=compile)
         self.head = nn.Linear(hidden, vocab_size)
 
     def forward(self, ids: np.ndarray, state: Any = None) -> tuple[tg.Tensor, Any]:
@@ -125,6 +134,50 @@ def sample(model: CharLSTM, vocab: CharVocab, prime: str, n: int, temperature: f
     return prime + vocab.decode(out)
 
 
+def words(text: str) -> list[str]:
+    """The words of `text`: runs of letters, lower-cased."""
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def known_fraction(sample_text: str, vocabulary: set[str]) -> tuple[int, int]:
+    """(how many of the sample's words are in `vocabulary`, how many words it has)."""
+    ws = words(sample_text)
+    return sum(w in vocabulary for w in ws), len(ws)
+
+
+def learning_rate(base: float, frac: float) -> float:
+    """The schedule at `frac` (0..1) of the budget: a short warm-up, constant, then a linear
+    decay to 5% over the last 40%."""
+    if frac < 0.02:
+        return base * (0.1 + 0.9 * frac / 0.02)
+    return base * (1.0 if frac < 0.6 else max(0.05, 1.0 - 0.95 * (frac - 0.6) / 0.4))
+
+
+def plot_curves(path: str, train: list[tuple[float, float]], valid: list[tuple[float, float]],
+                baseline: float) -> str | None:
+    """Training and held-out bits/char over elapsed seconds, as a PNG at `path` (None, with a
+    note, if matplotlib is not installed)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"matplotlib is not installed: skipping the plot {path} "
+              f'(pip install "tinygrad_rnn[plot]")')
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(*zip(*train), label="training (smoothed)", lw=1)
+    ax.plot(*zip(*valid), "o-", label="held-out chapters")
+    ax.axhline(baseline, color="grey", ls="--", lw=1, label="bigram baseline")
+    ax.set(xlabel="seconds", ylabel="bits per character", ylim=(1.5, 4.8),
+           title="Character LSTM on Moby Dick")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # ----------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -133,8 +186,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "score held-out chapters in bits per character against unigram and bigram "
                     "baselines, and print a sample.")
     d = DEFAULTS
-    p.add_argument("--steps", type=int, help=f"parameter updates (default {d['steps']})")
+    p.add_argument("--minutes", type=float,
+                   help=f"training time budget in minutes; the learning-rate schedule follows the "
+                        f"elapsed fraction of it (default {d['minutes']})")
+    p.add_argument("--steps", type=int,
+                   help="train for this many updates instead (the schedule follows them)")
     p.add_argument("--hidden", type=int, help=f"LSTM hidden size (default {d['hidden']})")
+    p.add_argument("--layers", type=int, help=f"stacked LSTM layers (default {d['layers']})")
     p.add_argument("--seq-len", type=int,
                    help=f"characters per truncated-BPTT window (default {d['seq_len']})")
     p.add_argument("--batch", type=int, help=f"parallel streams (default {d['batch']})")
@@ -146,19 +204,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-compile", action="store_true",
                    help="run the LSTM on the per-op tape instead of as a compiled scan (slower; "
                         "for comparison)")
-    p.add_argument("--blas-threads", type=int, default=1,
-                   help="BLAS threads, applied if threadpoolctl is installed; 0 leaves numpy's "
-                        "default (default 1: fastest for these small matrices)")
+    p.add_argument("--blas-threads", type=int,
+                   help=f"BLAS threads, applied if threadpoolctl is installed; 0 leaves numpy's "
+                        f"default (default {d['blas_threads']})")
+    p.add_argument("--plot", default="demo_training.png",
+                   help="where to write the PNG of the curves ('' for none)")
     p.add_argument("--quick", action="store_true",
                    help="a tiny run (a few seconds) for tests: " +
                         ", ".join(f"{k}={v}" for k, v in QUICK.items()))
     args = p.parse_args(argv)
+    if args.steps is not None and args.minutes is not None:
+        p.error("give --minutes or --steps, not both")
+    budget_given = args.steps is not None or args.minutes is not None
     for key, value in (QUICK if args.quick else DEFAULTS).items():
-        if getattr(args, key) is None:
+        if getattr(args, key) is None and not (budget_given and key in ("steps", "minutes")):
             setattr(args, key, value)
-    for key in ("steps", "hidden", "seq_len", "batch", "embed"):
+    for key in ("hidden", "layers", "seq_len", "batch", "embed"):
         if getattr(args, key) < 1:
             p.error(f"--{key.replace('_', '-')} must be a positive integer")
+    if args.steps is not None and args.steps < 1:
+        p.error("--steps must be a positive integer")
+    if args.minutes is not None and not args.minutes > 0:
+        p.error("--minutes must be positive")
     return args
 
 
@@ -184,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     uni = unigram_bits(train_ids, v_out.ravel(), len(vocab))
     bi = bigram_bits(train_ids, v_in.ravel(), v_out.ravel(), len(vocab))
 
-    model = CharLSTM(len(vocab), args.embed, args.hidden, compile=not args.no_compile)
+    model = CharLSTM(len(vocab), args.embed, args.hidden, args.layers,
+                     compile=not args.no_compile)
     n_params = sum(p.size for p in model.parameters())
     opt = optim.Adam(model.parameters(), lr=args.lr)
     data = streams(train_ids, args.batch)  # (L, B)
@@ -192,23 +260,38 @@ def main(argv: list[str] | None = None) -> int:
     if windows < 1:
         raise SystemExit(f"demo: --batch {args.batch} streams of the training text are shorter "
                          f"than --seq-len {args.seq_len}; use fewer streams or a shorter window")
-    print(f"model: Embedding({len(vocab)}, {args.embed}) -> LSTM({args.embed}, {args.hidden}) "
-          f"-> Linear({args.hidden}, {len(vocab)}), {n_params:,} parameters; {args.steps} "
-          f"updates of {args.batch} streams x {args.seq_len} characters "
-          f"({args.steps * args.batch * args.seq_len / len(train_ids):.2f} epochs)")
+    budget = (f"{args.minutes:g} minutes" if args.minutes is not None else
+              f"{args.steps} updates")
+    print(f"model: Embedding({len(vocab)}, {args.embed}) -> LSTM({args.embed}, {args.hidden}"
+          f"{f', {args.layers} layers' if args.layers > 1 else ''}) -> Linear({args.hidden}, "
+          f"{len(vocab)}), {n_params:,} parameters; training for {budget} on {args.batch} "
+          f"streams x {args.seq_len} characters per update")
 
+    # part of the held-out text, scored during training (the full text is scored at the end)
+    part = max(1, EVAL_STREAMS // 4)
+    checks_at = [(k + 1) / (CHECKS + 1) for k in range(CHECKS)]
+    train_curve: list[tuple[float, float]] = []
+    valid_curve: list[tuple[float, float]] = []
     losses: list[float] = []
-    state, smooth = None, None
-    bar = Progress(range(args.steps), desc="train", unit="step")
-    for step in bar:  # closes the bar at the end
+    state, smooth, step = None, None, 0
+    seconds = 60.0 * args.minutes if args.minutes is not None else None
+    bar: Progress[Any] = Progress(total=int(seconds) if seconds else args.steps, desc="train",
+                                  unit="s" if seconds else "step")
+    t0 = time.perf_counter()
+    while True:
+        elapsed = time.perf_counter() - t0
+        frac = elapsed / seconds if seconds else step / args.steps
+        if frac >= 1.0:
+            break
+        if checks_at and frac >= checks_at[0]:
+            checks_at.pop(0)
+            valid_curve.append((elapsed, evaluate_bits(model, v_in[:, :part], v_out[:, :part])))
         w = step % windows
         if w == 0:
             state = None  # a new pass over the text starts from a zero state
         lo = w * args.seq_len
         x, y = data[lo:lo + args.seq_len], data[lo + 1:lo + args.seq_len + 1]
-        # learning rate: constant, then linear decay to 10% over the last 40% of the updates
-        frac = step / args.steps
-        opt.lr = args.lr * (1.0 if frac < 0.6 else 1.0 - 0.9 * (frac - 0.6) / 0.4)
+        opt.lr = learning_rate(args.lr, frac)
         logits, state = model(x, state)
         loss = F.cross_entropy(logits.reshape(-1, len(vocab)), y.reshape(-1))
         opt.zero_grad()
@@ -218,37 +301,56 @@ def main(argv: list[str] | None = None) -> int:
         state = tg.detach(state)  # truncated BPTT: keep the state, cut its history
         losses.append(loss.item())
         smooth = losses[-1] if smooth is None else 0.95 * smooth + 0.05 * losses[-1]
-        bar.set_postfix(loss=f"{smooth:.3f}", bits_per_char=f"{smooth / math.log(2):.2f}")
-    train_seconds = time.perf_counter() - t_start
+        step += 1
+        if step % 10 == 0:
+            train_curve.append((time.perf_counter() - t0, smooth / math.log(2)))
+        bar.update((int(time.perf_counter() - t0) - bar.n) if seconds else 1,
+                   loss=f"{smooth:.3f}", bits_per_char=f"{smooth / math.log(2):.2f}")
+    bar.close()
+    train_seconds = time.perf_counter() - t0
 
     ours = evaluate_bits(model, v_in, v_out)
-    k = max(1, min(20, args.steps // 5))
+    valid_curve.append((train_seconds, ours))
+    k = max(1, min(20, step // 5))
     first, last = float(np.mean(losses[:k])), float(np.mean(losses[-k:]))
-    print(f"\ntraining loss {first:.3f} -> {last:.3f} nats/char (mean of the first / last "
+    print(f"\n{step} updates ({step * args.batch * args.seq_len / len(train_ids):.2f} epochs); "
+          f"training loss {first:.3f} -> {last:.3f} nats/char (mean of the first / last "
           f"{k} updates)")
+    print("held-out bits/char during training (a quarter of the chapters): " +
+          ", ".join(f"{b:.3f} at {t:.0f} s" for t, b in valid_curve[:-1]))
     print(f"held-out chapters, {v_out.size:,} characters, bits per character (lower is better):")
     print(f"  unigram (add-one)   {uni:6.3f}")
     print(f"  bigram  (add-one)   {bi:6.3f}")
     print(f"  LSTM (this run)     {ours:6.3f}   "
           f"{'beats' if ours < bi else 'does not beat'} the bigram baseline")
+    plot = plot_curves(args.plot, train_curve or [(train_seconds, last / math.log(2))],
+                       valid_curve, bi) if args.plot else None
+    if plot:
+        print(f"curves: {plot}")
 
     prime = "CHAPTER 136. "
     text_out = sample(model, vocab, prime, args.sample_chars, args.temperature, rng)
+    known, n_words = known_fraction(text_out[len(prime):], set(words(train_text)))
     print(f"\nsample (temperature {args.temperature}, seed {args.seed}):\n{text_out}\n")
+    print(f"{known} of its {n_words} words ({known / max(n_words, 1):.0%}) occur in the training "
+          f"text")
 
-    seconds = time.perf_counter() - t_start
-    chars_per_s = args.steps * args.batch * args.seq_len / train_seconds
-    print(f"done in {seconds:.1f} s ({train_seconds:.1f} s training, {chars_per_s:,.0f} "
+    total_seconds = time.perf_counter() - t_start
+    chars_per_s = step * args.batch * args.seq_len / train_seconds
+    print(f"done in {total_seconds:.1f} s ({train_seconds:.1f} s training, {chars_per_s:,.0f} "
           f"characters per second)")
     result = {
         "program": "demo", "task": "character-level language model, Moby Dick",
         "metric": "valid_bits_per_char", "higher_is_better": False, "ours": round(ours, 4),
         "baselines": {"unigram": round(uni, 4), "bigram": round(bi, 4)},
         "loss_first": round(first, 4), "loss_last": round(last, 4),
-        "seconds": round(seconds, 1), "chars_per_second": round(chars_per_s),
+        "valid_during_training": [[round(t, 1), round(b, 4)] for t, b in valid_curve],
+        "sample_known_words": round(known / max(n_words, 1), 4), "plot": plot,
+        "updates": step, "seconds": round(total_seconds, 1), "chars_per_second": round(chars_per_s),
         "quick": args.quick,
-        "config": {k: getattr(args, k) for k in ("steps", "hidden", "seq_len", "batch", "embed",
-                                                 "lr", "seed")},
+        "config": {k: getattr(args, k) for k in ("minutes", "steps", "hidden", "layers",
+                                                 "seq_len", "batch", "embed", "lr", "seed",
+                                                 "blas_threads")},
     }
     print_result(result)
     return 0
