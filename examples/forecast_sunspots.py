@@ -1,20 +1,26 @@
-"""One-step-ahead forecasting of monthly sunspot numbers with an LSTM trained by truncated BPTT.
+"""One-step-ahead forecasting of monthly sunspot numbers with LSTMs trained by truncated BPTT.
 
-    python examples/forecast_sunspots.py            # about a minute on 2 cores
+    python examples/forecast_sunspots.py            # about a minute on one core
     python examples/forecast_sunspots.py --quick    # a few seconds, for tests
 
 Data: the monthly mean sunspot number, January 1749 to June 2009 (3,126 months, NOAA, bundled).
 The model is trained on the first 80% of the months and forecasts each month of the remaining 20%
-(1957-2009, almost five 11-year cycles) from all the months before it. Values are normalised
-with the training months' mean and standard deviation.
+(1957-2009, almost five 11-year cycles) from all the months before it.
 
-The LSTM reads one month at a time and predicts the change to the next month, so before training
-it is exactly the "same as last month" forecast. It is trained with `tg.bptt.train_truncated`,
-TBPTT(k1, k2) over parallel stretches of the training months before 1915, and keeps the epoch
-that forecasts 1915-1957 (the validation months) best. Baselines: "same as last month" and a
-linear autoregressive model AR(k) fitted by least squares on all training months, its order k
-chosen on the same validation months. The result is held-out RMSE in sunspot-number units; a
-plot of forecast against truth is saved (with matplotlib). The last line is `RESULT {json}`.
+Each network corrects a base forecast: it outputs base + Linear(LSTM(inputs)) with the head
+starting at zero, so before training it is exactly the base. The base is the linear AR(k) model
+(`--base ar`) or "same as last month" (`--base last`). The LSTM reads the (optionally square-root
+transformed, `--transform`) series normalised with the training months' mean and standard
+deviation (`--features level`), or each month relative to the mean of the last `--window` months,
+with its correction scaled by that mean (`--features relative`). Networks are trained with
+`tg.bptt.train_truncated`, TBPTT(k1, k2) over parallel stretches of the training months before
+1915; each keeps the epoch that forecasts 1915-1957 (the validation months) best, and
+`--ensemble` networks from different initialisations are averaged.
+
+Baselines: "same as last month" and a linear autoregressive model AR(k) fitted by least squares
+on all training months, its order k chosen on the same validation months. The result is
+held-out RMSE in sunspot-number units; a plot of forecast against truth is saved (with
+matplotlib). The last line is `RESULT {json}`.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -31,8 +37,10 @@ import tinygrad_rnn.nn.functional as F
 from tinygrad_rnn import datasets, nn, optim
 from tinygrad_rnn.progress import Progress, limit_blas_threads, print_result
 
-DEFAULTS = {"epochs": 40, "hidden": 16, "streams": 8, "k1": 24, "k2": 72, "lr": 3e-3}
-QUICK = {"epochs": 8, "hidden": 16, "streams": 8, "k1": 24, "k2": 48, "lr": 1e-2}
+DEFAULTS = {"epochs": 80, "hidden": 16, "streams": 8, "k1": 24, "k2": 72, "lr": 3e-3,
+            "base": "ar", "transform": "none", "features": "level", "window": 132,
+            "ensemble": 5}
+QUICK = {**DEFAULTS, "epochs": 8, "k2": 48, "lr": 1e-2, "ensemble": 1}
 TRAIN_FRACTION = 0.8
 
 
@@ -71,21 +79,62 @@ def rmse(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 # ----------------------------------------------------------------------------- model
-class ResidualForecaster(nn.Module):
-    """x_t (T, B, 1) -> forecast of x_{t+1}: x_t + Linear(LSTM(x)_t). The head starts at zero, so
-    the untrained model is the "same as last month" forecast."""
+class CorrectionForecaster(nn.Module):
+    """Inputs (T, B, F + 2): F features, a scale s and a base forecast of the next value.
+    Output: base + s * Linear(LSTM(features)). The head starts at zero, so the untrained model is
+    the base."""
 
-    def __init__(self, hidden: int) -> None:
+    def __init__(self, features: int, hidden: int) -> None:
         super().__init__()
-        self.rnn = nn.LSTM(1, hidden)
+        self.rnn = nn.LSTM(features, hidden)
         self.head = nn.Linear(hidden, 1)
         self.head.weight.data[...] = 0.0
         self.head.bias.data[...] = 0.0
 
     def forward(self, x: Any, state: Any = None) -> tuple[tg.Tensor, Any]:
         x = x if isinstance(x, tg.Tensor) else tg.Tensor(np.asarray(x))
-        h, state = self.rnn(x, state)
-        return x + self.head(h), state
+        h, state = self.rnn(x[..., :-2], state)
+        return x[..., -1:] + x[..., -2:-1] * self.head(h), state
+
+
+Transform = Callable[[np.ndarray], np.ndarray]
+TRANSFORMS: dict[str, tuple[Transform, Transform]] = {
+    "none": (lambda x: x, lambda y: y),
+    # the square root roughly equalises the noise of quiet and active years
+    "sqrt": (np.sqrt, lambda y: np.maximum(y, 0.0) ** 2)}
+
+
+def trailing_mean(u: np.ndarray, window: int) -> np.ndarray:
+    """Mean of u over the `window` months up to and including each month (fewer at the start)."""
+    total = np.concatenate([[0.0], np.cumsum(u)])
+    t = np.arange(1, len(u) + 1)
+    return (total[t] - total[np.maximum(t - window, 0)]) / np.minimum(t, window)
+
+
+def network_inputs(u: np.ndarray, mean: float, std: float, base: str, features: str,
+                   order: int, fit_end: int, window: int) -> np.ndarray:
+    """Row t (t = 0 .. len(u) - 2) holds what forecasts z[t + 1], z = (u - mean) / std: the
+    features, a scale and the base forecast (z[t], or the AR(order) forecast of z fitted on the
+    months before `fit_end`).
+
+    "level": z[t] (and the AR forecast), scale 1. "relative": u[t] (and the AR forecast) over L,
+    the mean of u over the last `window` months, minus 1, and scale L / std: the network sees no
+    absolute level and its correction grows with the level, so a larger cycle is treated like a
+    scaled-up smaller one."""
+    z = (u - mean) / std
+    base_next = z[:-1].copy()
+    if base == "ar":
+        coef = fit_ar(z, np.arange(order, fit_end), order)
+        # rows before order - 1 lack the history and keep z[t]; training starts after them
+        base_next[order - 1:] = ar_design(z, np.arange(order, len(z)), order) @ coef
+    extra = [base_next] if base == "ar" else []
+    if features == "level":
+        cols, scale = [z[:-1]] + extra, np.ones(len(u) - 1)
+    else:
+        level = trailing_mean(u, window)[:-1]
+        cols = [(c * std + mean) / level - 1 for c in [z[:-1]] + extra]
+        scale = level / std
+    return np.stack(cols + [scale, base_next], axis=1).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- plot
@@ -127,7 +176,7 @@ def save_plot(path: str, years: np.ndarray, truth: np.ndarray,
 # ----------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Forecast next month's sunspot number with an LSTM trained by truncated "
+        description="Forecast next month's sunspot number with LSTMs trained by truncated "
                     "BPTT; compare held-out RMSE with 'same as last month' and a linear AR(k).")
     d = DEFAULTS
     p.add_argument("--epochs", type=int, help=f"passes over the training months "
@@ -139,6 +188,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--k2", type=int, help=f"months of gradient history per update, >= k1 "
                                           f"(default {d['k2']})")
     p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d['lr']})")
+    p.add_argument("--base", choices=("ar", "last"),
+                   help=f"the forecast each network corrects: AR(k) fitted on the (transformed) "
+                        f"training months, or 'same as last month' (default {d['base']})")
+    p.add_argument("--transform", choices=sorted(TRANSFORMS),
+                   help=f"applied to the series before the networks see it; forecasts are "
+                        f"transformed back before the RMSE (default {d['transform']})")
+    p.add_argument("--features", choices=("level", "relative"),
+                   help=f"what the LSTM reads: the normalised level, or the level relative to "
+                        f"the mean of the last --window months, with the correction scaled by "
+                        f"that mean (default {d['features']})")
+    p.add_argument("--window", type=int, help=f"months in that trailing mean "
+                                               f"(default {d['window']})")
+    p.add_argument("--ensemble", type=int, help=f"networks from different initialisations, "
+                                                 f"forecasts averaged (default {d['ensemble']})")
     p.add_argument("--max-ar-order", type=int, default=48, help="largest AR order tried "
                                                                 "(default 48)")
     p.add_argument("--plot", default="sunspots_forecast.png",
@@ -154,7 +217,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ("epochs", "hidden", "streams", "k1", "k2", "max_ar_order"):
+    for key in ("epochs", "hidden", "streams", "k1", "k2", "window", "ensemble",
+                "max_ar_order"):
         if getattr(args, key) < 1:
             p.error(f"--{key.replace('_', '-')} must be a positive integer")
     if args.k2 < args.k1:
@@ -185,42 +249,67 @@ def main(argv: list[str] | None = None) -> int:
     ar_early = fit_ar(series, np.arange(order, cut), order)  # fitted before the validation months
     ar_valid = rmse(ar_design(series, valid_t, order) @ ar_early, series[valid_t])
 
-    # the LSTM learns from the months before `cut` and keeps the epoch that forecasts the
+    # the networks learn from the months before `cut` and keep the epoch that forecasts the
     # validation months [cut, n_train) best, the same months that chose the AR order
-    mean, std = series[:cut].mean(), series[:cut].std()
-    z = ((series - mean) / std).astype(np.float32)
-    # training pairs (z_t -> z_{t+1}) before `cut`, cut into parallel stretches (time-major)
-    span = (cut - 1) // args.streams
-    xs = z[:span * args.streams].reshape(args.streams, span).T[..., None]  # (T, B, 1)
-    ys = z[1:span * args.streams + 1].reshape(args.streams, span).T[..., None]
+    forward_transform, inverse_transform = TRANSFORMS[args.transform]
+    u = forward_transform(series)
+    mean, std = u[:cut].mean(), u[:cut].std()
+    z = (u - mean) / std
+    first = order - 1 if args.base == "ar" else 0  # the first month whose inputs are complete
+    # the base AR is fitted before `cut` while epochs are chosen, and on all training months
+    # (as the AR baseline is) for the test
+    inputs_valid, inputs_test = (
+        network_inputs(u, mean, std, args.base, args.features, order, end, args.window)
+        for end in (cut, n_train))
 
-    model = ResidualForecaster(args.hidden)
-    opt = optim.Adam(model.parameters(), lr=args.lr)
-    print(f"model: x_t + Linear(LSTM(1, {args.hidden}))_t, "
-          f"{sum(p.size for p in model.parameters()):,} parameters; TBPTT(k1={args.k1}, "
-          f"k2={args.k2}) over {args.streams} stretches of {span} months, {args.epochs} epochs, "
-          f"validated on {int(years[cut])}-{int(years[n_train - 1])}")
+    # training pairs (inputs_t -> z_{t+1}) before `cut`, cut into parallel stretches (time-major)
+    span = (cut - 1 - first) // args.streams
+    xs = inputs_valid[first:first + span * args.streams]
+    xs = xs.reshape(args.streams, span, -1).transpose(1, 0, 2)  # (T, B, F + 2)
+    ys = z[first + 1:first + 1 + span * args.streams].astype(np.float32)
+    ys = ys.reshape(args.streams, span).T[..., None]  # (T, B, 1)
 
-    def forecast(months: np.ndarray) -> np.ndarray:
-        """Forecasts of series[months], running over the record from its start (no grad)."""
+    def forecast(model: nn.Module, inputs: np.ndarray, months: np.ndarray) -> np.ndarray:
+        """Forecasts of series[months] on the original scale, running over the record from its
+        start (no grad)."""
         with tg.no_grad():
-            pred_z, _ = model(z[:months.max(), None, None])
-        return pred_z.data[months - 1, 0, 0].astype(np.float64) * std + mean
+            pred_z, _ = model(inputs[first:months.max(), None, :])
+        pred_u = pred_z.data[months - 1 - first, 0, 0].astype(np.float64) * std + mean
+        return inverse_transform(pred_u)
 
-    losses, best, best_rmse, best_epoch = [], model.state_dict(), np.inf, 0
-    bar = Progress(total=args.epochs, desc="LSTM", unit="epoch")
-    for epoch in range(1, args.epochs + 1):
-        loss, _ = tg.bptt.train_truncated(model, xs, ys, F.mse_loss, opt, k1=args.k1, k2=args.k2,
-                                          max_grad_norm=1.0)
-        losses.append(loss)
-        valid_rmse = rmse(forecast(valid_t), series[valid_t])
-        if valid_rmse < best_rmse:
-            best, best_rmse, best_epoch = model.state_dict(), valid_rmse, epoch
-        bar.update(1, train_mse=f"{loss:.4f}", valid_rmse=f"{valid_rmse:.2f}")
+    features = xs.shape[-1] - 2
+    base_name = f"AR({order})" if args.base == "ar" else "x_t"
+    print(f"model: mean of {args.ensemble} x [{base_name} + Linear(LSTM({features}, "
+          f"{args.hidden}))_t], {args.features} inputs, transform {args.transform}; "
+          f"TBPTT(k1={args.k1}, k2={args.k2}) over {args.streams} stretches of {span} months, "
+          f"{args.epochs} epochs, validated on {int(years[cut])}-{int(years[n_train - 1])}")
+
+    models, losses, valid_preds, best_epochs = [], [], [], []
+    bar = Progress(total=args.ensemble * args.epochs, desc="LSTM", unit="epoch")
+    for _ in range(args.ensemble):
+        model = CorrectionForecaster(features, args.hidden)
+        opt = optim.Adam(model.parameters(), lr=args.lr)
+        best, best_rmse, best_epoch, model_losses = model.state_dict(), np.inf, 0, []
+        best_pred = np.zeros(len(valid_t))
+        for epoch in range(1, args.epochs + 1):
+            loss, _ = tg.bptt.train_truncated(model, xs, ys, F.mse_loss, opt, k1=args.k1,
+                                              k2=args.k2, max_grad_norm=1.0)
+            model_losses.append(loss)
+            pred = forecast(model, inputs_valid, valid_t)
+            valid_rmse = rmse(pred, series[valid_t])
+            if valid_rmse < best_rmse:
+                best, best_rmse, best_epoch, best_pred = (model.state_dict(), valid_rmse, epoch,
+                                                          pred)
+            bar.update(1, train_mse=f"{loss:.4f}", valid_rmse=f"{valid_rmse:.2f}")
+        model.load_state_dict(best)
+        models.append(model)
+        losses.append(model_losses)
+        valid_preds.append(best_pred)
+        best_epochs.append(best_epoch)
     bar.close()
-    model.load_state_dict(best)
+    valid_ours = rmse(np.mean(valid_preds, axis=0), series[valid_t])
 
-    ours = forecast(test_t)
+    ours = np.mean([forecast(model, inputs_test, test_t) for model in models], axis=0)
     truth = series[test_t]
     scores = {"lstm": rmse(ours, truth), "persistence": rmse(persistence, truth),
               f"ar{order}": rmse(ar, truth)}
@@ -233,17 +322,17 @@ def main(argv: list[str] | None = None) -> int:
             plot_path = args.plot
 
     seconds = time.perf_counter() - t_start
-    first, last = float(losses[0]), float(losses[-1])
-    print(f"\nLSTM training loss (normalised MSE) {first:.4f} -> {last:.4f} "
-          f"(first / last epoch)")
+    first_loss, last_loss = float(np.mean(losses, axis=0)[0]), float(np.mean(losses, axis=0)[-1])
+    print(f"\nLSTM training loss (normalised MSE, mean over networks) {first_loss:.4f} -> "
+          f"{last_loss:.4f} (first / last epoch)")
     print(f"held-out RMSE over {len(test_t)} months, sunspot-number units (lower is better):")
     print(f"  same as last month     {scores['persistence']:7.3f}")
     print(f"  linear AR({order:<2d}), lstsq   {scores[f'ar{order}']:7.3f}   (order chosen on "
           f"validation months)")
-    print(f"  LSTM (this run)        {scores['lstm']:7.3f}   (epoch {best_epoch} of "
-          f"{args.epochs}, the best on validation)")
+    print(f"  LSTM (this run)        {scores['lstm']:7.3f}   (epochs {best_epochs} of "
+          f"{args.epochs}, each the best on validation)")
     print(f"validation RMSE ({int(years[cut])}-{int(years[n_train - 1])}, both fitted on the "
-          f"months before): AR({order}) {ar_valid:.3f}, LSTM {best_rmse:.3f}")
+          f"months before): AR({order}) {ar_valid:.3f}, LSTM {valid_ours:.3f}")
     if plot_path:
         print(f"plot saved to {plot_path}")
     print(f"done in {seconds:.1f} s")
@@ -253,11 +342,13 @@ def main(argv: list[str] | None = None) -> int:
         "baselines": {"persistence": round(scores["persistence"], 4),
                       "ar": round(scores[f"ar{order}"], 4)},
         "ar_order": order,
-        "valid_rmse": {"lstm": round(float(best_rmse), 4), "ar": round(ar_valid, 4)},
-        "loss_first": round(first, 5), "loss_last": round(last, 5),
+        "valid_rmse": {"lstm": round(valid_ours, 4), "ar": round(ar_valid, 4)},
+        "best_epochs": best_epochs,
+        "loss_first": round(first_loss, 5), "loss_last": round(last_loss, 5),
         "plot": plot_path, "seconds": round(seconds, 1), "quick": args.quick,
         "config": {k: getattr(args, k) for k in ("epochs", "hidden", "streams", "k1", "k2",
-                                                 "lr", "seed")},
+                                                 "lr", "base", "transform", "features",
+                                                 "window", "ensemble", "seed")},
     }
     print_result(result)
     return 0
