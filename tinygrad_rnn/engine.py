@@ -171,33 +171,35 @@ def unbroadcast(g: np.ndarray, shape: tuple[int, ...], op_name: str) -> np.ndarr
 
 def accumulate(t: Any, g: Any, op_name: str = "backward") -> None:
     """Add gradient g (array or Grad) for input entry t (leaf Tensor, Node or Port) of a record
-    of `op_name`: a leaf adds its terms to .grad as they arrive; a record keeps them apart, to
-    be added when it is replayed (Grad.total)."""
-    m = t if type(t) is Node else t._node  # (a record's _node is a property: slower)
-    terms = g if type(g) is Grad else (g,)
-    if m is None:  # a leaf: .grad is ours, so terms are added in place
-        shape, dtype = t._data.shape, t._data.dtype
-        for x in terms:
-            if type(x) is Product and x.a.dtype == x.b.dtype == dtype:
-                products.defer(t, x)
-                continue
-            x = as_array(x, shape, dtype, op_name)
-            if t.grad is None:
-                t.grad = np.array(x, copy=True)  # x may be (a view of) an array kept elsewhere
-            else:
-                np.add(t.grad, x, t.grad)
+    of `op_name`: a leaf adds each term to .grad as it arrives; a record keeps the terms apart,
+    to be added when it is replayed (Grad.total)."""
+    if type(g) is Grad:
+        for x in g:
+            accumulate(t, x, op_name)
         return
-    shape, dtype, slots, i = t.shape, t.dtype, m.grad, t._idx
-    for x in terms:
-        if type(x) is not _ndarray or x.shape != shape or x.dtype is not dtype and x.dtype != dtype:
-            x = as_array(x, shape, dtype, op_name)
-        cur = slots[i]
-        if cur is None:
-            slots[i] = x
-        elif type(cur) is Grad:
-            cur.append(x)
+    m = t if type(t) is Node else t._node  # (a record's _node is a property: slower)
+    if m is None:  # a leaf: .grad is ours, so the term is added in place
+        dtype = t._data.dtype
+        if type(g) is Product and g.a.dtype == g.b.dtype == dtype:
+            products.defer(t, g)
         else:
-            slots[i] = Grad((cur, x))
+            g = as_array(g, t._data.shape, dtype, op_name)
+            if t.grad is None:
+                t.grad = np.array(g, copy=True)  # g may be (a view of) an array kept elsewhere
+            else:
+                np.add(t.grad, g, t.grad)
+        return
+    if type(g) is not _ndarray or g.shape != t.shape or g.dtype is not t.dtype \
+            and g.dtype != t.dtype:
+        g = as_array(g, t.shape, t.dtype, op_name)
+    slots, i = m.grad, t._idx
+    cur = slots[i]
+    if cur is None:
+        slots[i] = g
+    elif type(cur) is Grad:
+        cur.append(g)
+    else:
+        slots[i] = Grad((cur, g))
 
 
 # ----------------------------------------------------------------------------- in-place writes
@@ -355,7 +357,7 @@ def run_backward(roots: list[Tensor], grads: list[Any], retain_graph: bool = Fal
 
 def _replay(nodes: list[Node], retain_graph: bool) -> None:
     """The loop of backward: one iteration per record, latest first."""
-    anomaly = get_mode() & ANOMALY
+    anomaly, last_write = get_mode() & ANOMALY, _last_write
     for n in nodes:
         op: Any = n.op
         gs = n.grad  # after this record nothing can add to it: emptied only for a next backward
@@ -373,7 +375,7 @@ def _replay(nodes: list[Node], retain_graph: bool) -> None:
             if not retain_graph:
                 n.retained = None
         if g is not None:
-            if _last_write > n.seq:  # something was written in place after this record
+            if last_write > n.seq:  # something was written in place after this record
                 _check_saved(n)
             grads_in = op.backward(g, n.saved, n.needs)
             if len(grads_in) != len(n.inputs):

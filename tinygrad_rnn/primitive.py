@@ -41,15 +41,8 @@ from .tensor import Tensor
 
 REGISTRY: dict[str, type[Primitive]] = {}
 TRACER: ContextVar[Any] = ContextVar("tinygrad_rnn_tracer", default=None)  # see scan.py
-_ndarray = np.ndarray  # a global, not a module attribute: apply reads it per operation
-
-
-def _has_parameter(ins: tuple[Any, ...]) -> bool:
-    """Whether a record's inputs include a leaf that requires grad (a parameter)."""
-    for e in ins:
-        if e._node is None and e._requires_grad:
-            return True
-    return False
+_ndarray = np.ndarray  # globals, not attributes: apply reads them per operation
+_from_op = Tensor._from_op
 
 
 def _not_defined(*args: Any, **kwargs: Any) -> Any:
@@ -168,7 +161,7 @@ class Primitive:
         if m & ANOMALY:
             check_finite(cls.name, "output", [out] if single else list(out),
                          node.where if node is not None else user_source_line())
-        return Tensor._from_op(out, node) if single else Tensor._from_outputs(out, node)
+        return _from_op(out, node) if single else Tensor._from_outputs(out, node)
 
 
 def record(op: type[Primitive], inputs: Any, saved: Any, needs: tuple[bool, ...],
@@ -177,8 +170,15 @@ def record(op: type[Primitive], inputs: Any, saved: Any, needs: tuple[bool, ...]
     outputs. It keeps the leaves, and the records or Ports of recorded inputs, not their data;
     and the user's line, for errors: always for a record with a parameter (a leaf that requires
     grad: what optimiser steps write into), else only under detect_anomaly."""
-    ins = tuple([t if t._ref is None else t._ref for t in inputs])  # engine.port of each
-    where = user_line() if get_mode() & ANOMALY or _has_parameter(ins) else None
+    entries, parameter = [], False
+    for t in inputs:  # engine.port of each, and whether a leaf requires grad
+        r = t._ref
+        if r is None:
+            entries.append(t)
+            parameter = parameter or t._requires_grad
+        else:
+            entries.append(r)
+    where = user_line() if parameter or get_mode() & ANOMALY else None
     if out is None:
-        return Node(op, ins, saved, needs, outputs, where)
-    return Node(op, ins, saved, needs, None, where, out.shape, out.dtype)
+        return Node(op, tuple(entries), saved, needs, outputs, where)
+    return Node(op, tuple(entries), saved, needs, None, where, out.shape, out.dtype)
