@@ -14,32 +14,31 @@ use `--threads` BLAS/intra-op threads. Prints a table and a `RESULT {json}` line
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
+import subprocess
 import sys
 import time
-from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from tinygrad_rnn import datasets, demo  # noqa: E402
 from tinygrad_rnn.progress import limit_blas_threads  # noqa: E402
 
 
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:
-    """The demo itself, with the same settings; its RESULT line as a dict."""
+    """The demo itself, with the same settings, in a process of its own (torch's thread pool is
+    not loaded there); its RESULT line as a dict."""
     argv = ["--minutes", str(args.minutes), "--hidden", str(args.hidden), "--layers",
             str(args.layers), "--seq-len", str(args.seq_len), "--batch", str(args.batch),
             "--embed", str(args.embed), "--lr", str(args.lr), "--seed", str(args.seed),
             "--blas-threads", str(args.threads), "--plot", "", "--sample-chars", "50"]
-    out = io.StringIO()
-    with redirect_stdout(out):
-        demo.main(argv)
-    last = out.getvalue().strip().splitlines()[-1]
+    out = subprocess.run([sys.executable, "-m", "tinygrad_rnn.demo", *argv], check=True,
+                         capture_output=True, text=True, cwd=ROOT).stdout
+    last = out.strip().splitlines()[-1]
     r = json.loads(last[len("RESULT "):])
     return {"bits": r["ours"], "updates": r["updates"], "chars_per_second": r["chars_per_second"],
             "valid_during_training": r["valid_during_training"]}
@@ -136,9 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--order", default="ours,torch", help="which runs first (the machine drifts)")
     args = p.parse_args(argv)
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    import importlib.util
+    if importlib.util.find_spec("torch") is None:
         print("quality.py needs torch: pip install torch==2.13.0")
         return 0
     limit_blas_threads(args.threads)
