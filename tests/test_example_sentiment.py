@@ -3,30 +3,18 @@ pooling, and the optional bag-of-words term is a linear function of the word cou
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 
 import tinygrad_rnn as tg
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sentiment.py"
-
-
-def load_sentiment() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("example_sentiment", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from test_examples_data import load_example
 
 
 @pytest.mark.parametrize("pool", ["last", "mean", "max"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_padding_does_not_change_a_sentence_logit(pool: str, cell: str) -> None:
-    sentiment = load_sentiment()
+    sentiment = load_example("sentiment")
     tg.manual_seed(0)
     model = sentiment.RNNClassifier(20, 6, 5, 0.5, 0.5, cell, bidirectional=True, pool=pool,
                                     bow_term=True).eval()
@@ -38,7 +26,7 @@ def test_padding_does_not_change_a_sentence_logit(pool: str, cell: str) -> None:
 
 
 def test_bow_term_is_a_linear_function_of_word_counts() -> None:
-    sentiment = load_sentiment()
+    sentiment = load_example("sentiment")
     tg.manual_seed(0)
     model = sentiment.RNNClassifier(12, 4, 3, 0.0, 0.0, bow_term=True).eval()
     assert not model.bow.weight.data.any()  # starts at zero: the recurrent part alone

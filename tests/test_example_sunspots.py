@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 
 import tinygrad_rnn as tg
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "forecast_sunspots.py"
+from test_examples_data import load_example
 
 
 @pytest.fixture(scope="module")
 def fs() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("example_forecast_sunspots", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("forecast_sunspots")
 
 
 @pytest.fixture(scope="module")

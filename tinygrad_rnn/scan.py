@@ -443,12 +443,7 @@ def _fit(g: Any, shape: tuple[int, ...], dtype: np.dtype, name: str) -> Any:
         return None
     if type(g) is Grad:
         return Grad(as_array(x, shape, dtype, name) for x in g).total()
-    g = np.asarray(g)
-    if g.shape != shape:
-        g = unbroadcast(g, shape, name)
-    if g.dtype != dtype:
-        g = g.astype(dtype)
-    return g
+    return as_array(np.asarray(g), shape, dtype, name)
 
 
 def _acc(a: Any, b: Any) -> Any:
