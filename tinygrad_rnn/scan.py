@@ -372,6 +372,7 @@ class Plan:
         self.s_slots = tuple(range(self.nx, self.nx + self.ns))
         self.state_sig = [(self.shapes[s], self.dtypes[s]) for s in self.s_slots]
         self._layout: _Layout | None = None
+        self._lean: _Layout | None = None
         self.const_index = {s: k for k, s in enumerate(self.const_slots)}
         self.F = [ins.op.forward for ins in self.instrs]
         self.P = [ins.params for ins in self.instrs]
@@ -388,6 +389,13 @@ class Plan:
         if self._layout is None:
             self._layout = _Layout(self)
         return self._layout
+
+    @property
+    def lean_layout(self) -> _Layout:
+        """The layout of a forward whose gradient will not be asked for (see _Layout)."""
+        if self._lean is None:
+            self._lean = _Layout(self, keep=False)
+        return self._lean
 
     def batchable(self, i: int) -> bool:
         """Whether instruction i's weight gradients are computed once over all steps."""
@@ -470,9 +478,13 @@ class _Layout:
     """Where a plan's values live over time. An operation whose forward is inlined as code
     writes its output into row t of a (T, ...) buffer; a state part that such an operation
     computes gets a (T + 1, ...) buffer whose row 0 is the initial state (as hand-written BPTT
-    keeps h_all). Stacking what the steps saved is then a view of these buffers, not a copy."""
+    keeps h_all). Stacking what the steps saved is then a view of these buffers, not a copy.
 
-    def __init__(self, p: Plan) -> None:
+    Without `keep` (no gradient will be asked for) only the outputs and the state are kept: the
+    other operations write into scratch arrays, and a state part that is not the output lives in
+    two rows used in turn, so evaluation holds O(1) steps of intermediates instead of O(T)."""
+
+    def __init__(self, p: Plan, keep: bool = True) -> None:
         self.tmpl: list[Any] = []
         for i, ins in enumerate(p.instrs):
             tmpl = None
@@ -485,23 +497,27 @@ class _Layout:
         # operation writes into one scratch array, reused at every step
         kept_slot = set(p.new_slots) | {p.y}
         for i, (ins, tmpl) in enumerate(zip(p.instrs, self.tmpl)):
+            if not keep:
+                break
             if tmpl is None:
                 kept_slot.update(ins.ins)  # its forward may save any input
             else:
                 kept_slot.update(ins.ins[int(r[1:])] for r in _refs(tmpl[2]) if r[0] == "a")
+        viewed: set[int] = set()  # slots that a kept slot is a view of
         changed = True
         while changed:  # an output that views an input (a chunk of split) keeps the input
             changed = False
             for ins, tmpl in zip(p.instrs, self.tmpl):
                 for k, r in (tmpl[4] if tmpl is not None else ()):
                     s = ins.ins[int(r[1:])]
-                    if ins.outs[k] in kept_slot and s not in kept_slot:
+                    if ins.outs[k] in kept_slot and s not in viewed:
                         kept_slot.add(s)
+                        viewed.add(s)
                         changed = True
         # the per-step inputs the backward reads (the others are not held after the forward)
         self.x_kept = tuple(s in kept_slot for s in p.x_slots)
         self.kept = [t is not None and t[3] is not None and (
-            "y" in _refs(t[2]) or any(o in kept_slot for o in ins.outs))
+            ("y" in _refs(t[2]) and keep) or any(o in kept_slot for o in ins.outs))
             for ins, t in zip(p.instrs, self.tmpl)]
         self.producer = {}  # slot -> the inlined single-output operation that keeps it over time
         for i, (ins, tmpl) in enumerate(zip(p.instrs, self.tmpl)):
@@ -515,6 +531,14 @@ class _Layout:
                 self.offset[k] = 1
                 self.state_buf[j] = k
         self.y_buf = self.producer.get(p.y)
+        # Without keep a state part's history is not needed: two rows used in turn will do
+        # (row (t + 1) % 2 written at step t), unless a kept value is a view of it, or a part
+        # of the next state is (a view of) a part of this one (a swap: c' = h), which would
+        # still hold row t % 2 when step t + 1 writes it
+        carried = {s for s in kept_slot if p.kinds[s] == "s"}
+        self.ring = set() if keep or carried else {
+            i for i in self.state_buf.values()
+            if i != self.y_buf and p.instrs[i].outs[0] not in viewed}
         # Where every part of what an operation saves is a buffer row, a time-invariant value
         # or a constant, nothing is kept per step: the backward reads the rows (`rows_of`)
         self.ref_kinds = [[self._ref_kind(p, i, r) for r in _ref_list(t[2])] if t else []
@@ -561,7 +585,7 @@ class _Layout:
             if tmpl is None or tmpl[3] is None:  # called, or its outputs are views (split)
                 bufs.append(None)
                 continue
-            rows = (T + self.offset[i],) if self.kept[i] else ()
+            rows = (2,) if i in self.ring else (T + self.offset[i],) if self.kept[i] else ()
             bufs.append(np.empty(rows + tmpl[3], p.dtypes[p.instrs[i].outs[0]]))
         for j, i in self.state_buf.items():
             bufs[i][0] = S[j]
@@ -608,7 +632,7 @@ class _SavedRows:
 # The generated code is plain Python over local variables: v<slot> for values, g<slot> for their
 # gradients, K<i> for what instruction i saved at each step. `fn.source` holds the text.
 def _gen_forward(p: Plan, keep: bool, anomaly: bool) -> Callable[..., Any]:
-    lay = p.layout
+    lay = p.layout if keep or anomaly else p.lean_layout
     L = ["def forward(T, X, S, C, F, P, Y, K, OUT, H, check):"]
     for i, s in enumerate(p.x_slots):
         L.append(f"    X{s} = X[{i}]")
@@ -661,7 +685,8 @@ def _gen_forward(p: Plan, keep: bool, anomaly: bool) -> Callable[..., Any]:
             for j, s in enumerate(ins.ins):
                 L.append(f"        a{j} = v{s}")
             if lay.tmpl[i][3] is not None:
-                L.append(f"        y = OUT{i}[t + 1]" if lay.offset[i] else
+                L.append(f"        y = OUT{i}[(t + 1) % 2]" if i in lay.ring else
+                         f"        y = OUT{i}[t + 1]" if lay.offset[i] else
                          f"        y = OUT{i}[t]" if lay.kept[i] else f"        y = OUT{i}")
             for name, value in names.items():
                 env[f"{name}_{i}"] = value
@@ -1127,7 +1152,7 @@ class Scan(Primitive):
         anomaly = bool(_MODE.get() & ANOMALY)
         keep = keep or anomaly
         K = [[None] * T for _ in p.instrs] if keep else None
-        lay = p.layout
+        lay = p.layout if keep else p.lean_layout
         bufs = None if anomaly else lay.buffers(p, T, S)
         if bufs is not None and lay.y_buf is not None:
             ys = lay.rows(bufs, lay.y_buf)
