@@ -2,6 +2,7 @@
 
     python examples/forecast_sunspots.py            # about a minute on one core
     python examples/forecast_sunspots.py --quick    # a few seconds, for tests
+    python examples/forecast_sunspots.py --select   # choose the recipe, about 15 minutes
 
 Data: the monthly mean sunspot number, January 1749 to June 2009 (3,126 months, NOAA, bundled).
 The model is trained on the first 80% of the months and forecasts each month of the remaining 20%
@@ -21,6 +22,12 @@ Baselines: "same as last month" and a linear autoregressive model AR(k) fitted b
 on all training months, its order k chosen on the same validation months. The result is
 held-out RMSE in sunspot-number units; a plot of forecast against truth is saved (with
 matplotlib). The last line is `RESULT {json}`.
+
+The recipe (`--base`, `--features`, `--transform`) is chosen by rolling-origin validation,
+without looking at a test month: `--select` refits the whole procedure above on the months
+before each of three consecutive 22-year blocks (1891-1913, 1913-1935, 1935-1957), forecasts
+each block one month ahead, and ranks the candidate recipes by their RMSE averaged over the
+blocks and seeds 0-2. The defaults are its choice.
 """
 
 from __future__ import annotations
@@ -37,8 +44,9 @@ import tinygrad_rnn.nn.functional as F
 from tinygrad_rnn import datasets, nn, optim
 from tinygrad_rnn.progress import Progress, limit_blas_threads, print_result
 
+# the recipe (base, features, transform) is the one rolling-origin validation chose (--select)
 DEFAULTS = {"epochs": 80, "hidden": 16, "streams": 8, "k1": 24, "k2": 72, "lr": 3e-3,
-            "base": "ar", "transform": "none", "features": "level", "window": 132,
+            "base": "last", "transform": "sqrt", "features": "relative", "window": 132,
             "ensemble": 5}
 QUICK = {**DEFAULTS, "epochs": 8, "k2": 48, "lr": 1e-2, "ensemble": 1}
 TRAIN_FRACTION = 0.8
@@ -76,6 +84,13 @@ def choose_ar_order(series: np.ndarray, n_train: int, max_order: int) -> int:
 
 def rmse(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.asarray(pred) - np.asarray(truth)) ** 2)))
+
+
+def month_year(t: np.ndarray | int) -> np.ndarray:
+    """The (fractional) calendar year of each month index in t (same shape) of the sunspot
+    record."""
+    year0, month0 = datasets.SUNSPOTS_FIRST_MONTH
+    return year0 + (month0 - 1 + np.asarray(t)) / 12.0
 
 
 # ----------------------------------------------------------------------------- model
@@ -173,6 +188,133 @@ def save_plot(path: str, years: np.ndarray, truth: np.ndarray,
     return True
 
 
+# ----------------------------------------------------------------------------- fitting
+def fit_and_forecast(series: np.ndarray, end: int, months: np.ndarray, args: argparse.Namespace,
+                     label: str = "LSTM", show: bool = True) -> dict[str, Any]:
+    """Fit the AR baseline and the networks on series[:end] only; forecast series[months] (each
+    month >= end) one step ahead, each from all the months before it.
+
+    The AR order and each network's epoch are chosen on the validation months
+    [validation_start(end), end), fitted on the months before them. Returns the forecasts
+    (len(months),) under "lstm" and "ar", the AR order, the validation RMSEs, the chosen epochs
+    and the training losses (networks, epochs)."""
+    tg.manual_seed(args.seed)
+    order = choose_ar_order(series, end, args.max_ar_order)
+    ar = ar_design(series, months, order) @ fit_ar(series, np.arange(order, end), order)
+    cut = validation_start(end)
+    valid_t = np.arange(cut, end)
+    ar_early = fit_ar(series, np.arange(order, cut), order)  # fitted before the validation months
+    ar_valid = rmse(ar_design(series, valid_t, order) @ ar_early, series[valid_t])
+
+    # the networks learn from the months before `cut` and keep the epoch that forecasts the
+    # validation months [cut, end) best, the same months that chose the AR order
+    forward_transform, inverse_transform = TRANSFORMS[args.transform]
+    u = forward_transform(series)
+    mean, std = u[:cut].mean(), u[:cut].std()
+    z = (u - mean) / std
+    first = order - 1 if args.base == "ar" else 0  # the first month whose inputs are complete
+    # the base AR is fitted before `cut` while epochs are chosen, and on all months before `end`
+    # (as the AR baseline is) for the forecasts
+    inputs_valid, inputs_final = (
+        network_inputs(u, mean, std, args.base, args.features, order, fit_end, args.window)
+        for fit_end in (cut, end))
+
+    # training pairs (inputs_t -> z_{t+1}) before `cut`, cut into parallel stretches (time-major)
+    span = (cut - 1 - first) // args.streams
+    xs = inputs_valid[first:first + span * args.streams]
+    xs = xs.reshape(args.streams, span, -1).transpose(1, 0, 2)  # (T, B, F + 2)
+    ys = z[first + 1:first + 1 + span * args.streams].astype(np.float32)
+    ys = ys.reshape(args.streams, span).T[..., None]  # (T, B, 1)
+
+    def forecast(model: nn.Module, inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Forecasts of series[targets] on the original scale, running over the record from its
+        start (no grad)."""
+        with tg.no_grad():
+            pred_z, _ = model(inputs[first:targets.max(), None, :])
+        pred_u = pred_z.data[targets - 1 - first, 0, 0].astype(np.float64) * std + mean
+        return inverse_transform(pred_u)
+
+    features = xs.shape[-1] - 2
+    if show:
+        base_name = f"AR({order})" if args.base == "ar" else "x_t"
+        print(f"model: mean of {args.ensemble} x [{base_name} + Linear(LSTM({features}, "
+              f"{args.hidden}))_t], {args.features} inputs, transform {args.transform}; "
+              f"TBPTT(k1={args.k1}, k2={args.k2}) over {args.streams} stretches of {span} "
+              f"months, {args.epochs} epochs, validated on {int(month_year(cut))}-"
+              f"{int(month_year(end - 1))}")
+
+    models, losses, valid_preds, best_epochs = [], [], [], []
+    bar = Progress(total=args.ensemble * args.epochs, desc=label, unit="epoch")
+    for _ in range(args.ensemble):
+        model = CorrectionForecaster(features, args.hidden)
+        opt = optim.Adam(model.parameters(), lr=args.lr)
+        best, best_rmse, best_epoch, model_losses = model.state_dict(), np.inf, 0, []
+        best_pred = np.zeros(len(valid_t))
+        for epoch in range(1, args.epochs + 1):
+            loss, _ = tg.bptt.train_truncated(model, xs, ys, F.mse_loss, opt, k1=args.k1,
+                                              k2=args.k2, max_grad_norm=1.0)
+            model_losses.append(loss)
+            pred = forecast(model, inputs_valid, valid_t)
+            valid_rmse = rmse(pred, series[valid_t])
+            if valid_rmse < best_rmse:
+                best, best_rmse, best_epoch, best_pred = (model.state_dict(), valid_rmse, epoch,
+                                                          pred)
+            bar.update(1, train_mse=f"{loss:.4f}", valid_rmse=f"{valid_rmse:.2f}")
+        model.load_state_dict(best)
+        models.append(model)
+        losses.append(model_losses)
+        valid_preds.append(best_pred)
+        best_epochs.append(best_epoch)
+    bar.close()
+    lstm = np.mean([forecast(model, inputs_final, months) for model in models], axis=0)
+    return {"lstm": lstm, "ar": ar, "order": order, "valid_months": (cut, end),
+            "valid_rmse": {"lstm": rmse(np.mean(valid_preds, axis=0), series[valid_t]),
+                           "ar": ar_valid},
+            "best_epochs": best_epochs, "losses": np.array(losses)}
+
+
+# Rolling-origin validation: consecutive blocks of two solar cycles (22 years) each, the last
+# ending where the test months begin. For the default record: 1891-1913, 1913-1935, 1935-1957.
+ROLLING_BLOCKS, ROLLING_MONTHS = 3, 264
+
+
+def rolling_blocks(n_train: int, blocks: int = ROLLING_BLOCKS,
+                   length: int = ROLLING_MONTHS) -> list[tuple[int, int]]:
+    """`blocks` consecutive [origin, stop) ranges of `length` months, earliest first, the last
+    stopping at n_train (the first test month)."""
+    if blocks * length >= n_train:
+        raise ValueError(f"{blocks} blocks of {length} months do not fit before month {n_train}")
+    return [(n_train - (blocks - i) * length, n_train - (blocks - i - 1) * length)
+            for i in range(blocks)]
+
+
+def rolling_validation(series: np.ndarray, n_train: int, args: argparse.Namespace,
+                       blocks: int = ROLLING_BLOCKS,
+                       length: int = ROLLING_MONTHS) -> dict[str, list[float]]:
+    """RMSE of the recipe `args` and of AR on each rolling block: for each origin the whole
+    protocol of the test run (AR order, networks, epochs) is refitted on the months before the
+    origin, and the block is forecast one month ahead. Returns lists (one entry per block) under
+    "lstm", "ar" and "ar_order"."""
+    scores: dict[str, list[float]] = {"lstm": [], "ar": [], "ar_order": []}
+    for origin, stop in rolling_blocks(n_train, blocks, length):
+        months = np.arange(origin, stop)
+        fit = fit_and_forecast(series, origin, months, args, label=f"LSTM to month {origin}",
+                               show=False)
+        scores["lstm"].append(rmse(fit["lstm"], series[months]))
+        scores["ar"].append(rmse(fit["ar"], series[months]))
+        scores["ar_order"].append(fit["order"])
+    return scores
+
+
+# The recipes --select compares (flags of this script); the others keep their defaults.
+CANDIDATES = {
+    "ar level none": ["--base", "ar", "--features", "level", "--transform", "none"],
+    "last relative sqrt": ["--base", "last", "--features", "relative", "--transform", "sqrt"],
+    "ar relative sqrt": ["--base", "ar", "--features", "relative", "--transform", "sqrt"],
+    "ar level sqrt": ["--base", "ar", "--features", "level", "--transform", "sqrt"]}
+SELECT_SEEDS = (0, 1, 2)
+
+
 # ----------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -211,6 +353,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--blas-threads", type=int, default=1,
                    help="BLAS threads, applied if threadpoolctl is installed; 0 leaves numpy's "
                         "default (default 1)")
+    p.add_argument("--select", action="store_true",
+                   help="choose a recipe instead of testing one: rolling-origin validation of "
+                        "each candidate recipe on the training months at seeds 0, 1, 2 "
+                        "(about 15 minutes); no test month is used")
     p.add_argument("--quick", action="store_true",
                    help="a tiny run for tests: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
     args = p.parse_args(argv)
@@ -226,113 +372,88 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def select(argv: list[str]) -> int:
+    """Rolling-origin validation of every recipe in CANDIDATES at SELECT_SEEDS (the other flags
+    in `argv` apply to all of them); prints the table and the recipe with the lowest mean RMSE.
+    No test month is looked at."""
+    t_start = time.perf_counter()
+    series = datasets.sunspots()
+    n_train = int(TRAIN_FRACTION * len(series))
+    spans = ", ".join(f"{int(month_year(a))}-{int(month_year(b))}"
+                      for a, b in rolling_blocks(n_train))
+    print(f"rolling-origin validation on {spans}: everything refitted on the months before each "
+          f"block, block RMSEs averaged; seeds {list(SELECT_SEEDS)}")
+    table: dict[str, list[float]] = {}
+    for name, flags in CANDIDATES.items():
+        table[name] = []
+        for seed in SELECT_SEEDS:
+            args = parse_args(argv + flags + ["--seed", str(seed)])
+            scores = rolling_validation(series, n_train, args)
+            table[name].append(float(np.mean(scores["lstm"])))
+            print(f"  {name:20s} seed {seed}: blocks "
+                  f"{' '.join(f'{s:6.2f}' for s in scores['lstm'])}  mean {table[name][-1]:.3f}")
+    ar = float(np.mean(scores["ar"]))  # the same for every recipe and seed
+    print(f"  AR({', '.join(map(str, scores['ar_order']))}) per block: "
+          f"{' '.join(f'{s:6.2f}' for s in scores['ar'])}  mean {ar:.3f}")
+    print("\nrolling-origin validation RMSE, mean +- std over seeds (lower is better):")
+    for name, values in table.items():
+        print(f"  {name:20s} {np.mean(values):7.3f} +- {np.std(values, ddof=1):.3f}")
+    print(f"  {'AR(k), refitted':20s} {ar:7.3f}")
+    chosen = min(table, key=lambda name: np.mean(table[name]))
+    print(f"chosen: {chosen} ({' '.join(CANDIDATES[chosen])})")
+    seconds = time.perf_counter() - t_start
+    print(f"done in {seconds:.1f} s")
+    print_result({"program": "forecast_sunspots", "task": "recipe selection",
+                  "metric": "rolling_valid_rmse", "higher_is_better": False,
+                  "recipes": {name: [round(v, 4) for v in values]
+                              for name, values in table.items()},
+                  "ar": round(ar, 4), "chosen": chosen, "seconds": round(seconds, 1)})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     limit_blas_threads(args.blas_threads)
+    if args.select:
+        return select([a for a in argv if a != "--select"])
     t_start = time.perf_counter()
-    tg.manual_seed(args.seed)
 
     series = datasets.sunspots()
     n, n_train = len(series), int(TRAIN_FRACTION * len(series))
-    year0, month0 = datasets.SUNSPOTS_FIRST_MONTH
-    years = year0 + (month0 - 1 + np.arange(n)) / 12.0
+    years = month_year(np.arange(n))
     test_t = np.arange(n_train, n)  # months to forecast, each from all the months before it
-    print(f"sunspots: {n:,} months; training on {year0}-{int(years[n_train - 1])} "
+    print(f"sunspots: {n:,} months; training on {int(years[0])}-{int(years[n_train - 1])} "
           f"({n_train:,} months), forecasting {int(years[n_train])}-{int(years[-1])} "
           f"({len(test_t):,} months) one month ahead")
 
-    persistence = series[test_t - 1]
-    order = choose_ar_order(series, n_train, args.max_ar_order)
-    ar = ar_design(series, test_t, order) @ fit_ar(series, np.arange(order, n_train), order)
-    cut = validation_start(n_train)
-    valid_t = np.arange(cut, n_train)
-    ar_early = fit_ar(series, np.arange(order, cut), order)  # fitted before the validation months
-    ar_valid = rmse(ar_design(series, valid_t, order) @ ar_early, series[valid_t])
-
-    # the networks learn from the months before `cut` and keep the epoch that forecasts the
-    # validation months [cut, n_train) best, the same months that chose the AR order
-    forward_transform, inverse_transform = TRANSFORMS[args.transform]
-    u = forward_transform(series)
-    mean, std = u[:cut].mean(), u[:cut].std()
-    z = (u - mean) / std
-    first = order - 1 if args.base == "ar" else 0  # the first month whose inputs are complete
-    # the base AR is fitted before `cut` while epochs are chosen, and on all training months
-    # (as the AR baseline is) for the test
-    inputs_valid, inputs_test = (
-        network_inputs(u, mean, std, args.base, args.features, order, end, args.window)
-        for end in (cut, n_train))
-
-    # training pairs (inputs_t -> z_{t+1}) before `cut`, cut into parallel stretches (time-major)
-    span = (cut - 1 - first) // args.streams
-    xs = inputs_valid[first:first + span * args.streams]
-    xs = xs.reshape(args.streams, span, -1).transpose(1, 0, 2)  # (T, B, F + 2)
-    ys = z[first + 1:first + 1 + span * args.streams].astype(np.float32)
-    ys = ys.reshape(args.streams, span).T[..., None]  # (T, B, 1)
-
-    def forecast(model: nn.Module, inputs: np.ndarray, months: np.ndarray) -> np.ndarray:
-        """Forecasts of series[months] on the original scale, running over the record from its
-        start (no grad)."""
-        with tg.no_grad():
-            pred_z, _ = model(inputs[first:months.max(), None, :])
-        pred_u = pred_z.data[months - 1 - first, 0, 0].astype(np.float64) * std + mean
-        return inverse_transform(pred_u)
-
-    features = xs.shape[-1] - 2
-    base_name = f"AR({order})" if args.base == "ar" else "x_t"
-    print(f"model: mean of {args.ensemble} x [{base_name} + Linear(LSTM({features}, "
-          f"{args.hidden}))_t], {args.features} inputs, transform {args.transform}; "
-          f"TBPTT(k1={args.k1}, k2={args.k2}) over {args.streams} stretches of {span} months, "
-          f"{args.epochs} epochs, validated on {int(years[cut])}-{int(years[n_train - 1])}")
-
-    models, losses, valid_preds, best_epochs = [], [], [], []
-    bar = Progress(total=args.ensemble * args.epochs, desc="LSTM", unit="epoch")
-    for _ in range(args.ensemble):
-        model = CorrectionForecaster(features, args.hidden)
-        opt = optim.Adam(model.parameters(), lr=args.lr)
-        best, best_rmse, best_epoch, model_losses = model.state_dict(), np.inf, 0, []
-        best_pred = np.zeros(len(valid_t))
-        for epoch in range(1, args.epochs + 1):
-            loss, _ = tg.bptt.train_truncated(model, xs, ys, F.mse_loss, opt, k1=args.k1,
-                                              k2=args.k2, max_grad_norm=1.0)
-            model_losses.append(loss)
-            pred = forecast(model, inputs_valid, valid_t)
-            valid_rmse = rmse(pred, series[valid_t])
-            if valid_rmse < best_rmse:
-                best, best_rmse, best_epoch, best_pred = (model.state_dict(), valid_rmse, epoch,
-                                                          pred)
-            bar.update(1, train_mse=f"{loss:.4f}", valid_rmse=f"{valid_rmse:.2f}")
-        model.load_state_dict(best)
-        models.append(model)
-        losses.append(model_losses)
-        valid_preds.append(best_pred)
-        best_epochs.append(best_epoch)
-    bar.close()
-    valid_ours = rmse(np.mean(valid_preds, axis=0), series[valid_t])
-
-    ours = np.mean([forecast(model, inputs_test, test_t) for model in models], axis=0)
-    truth = series[test_t]
-    scores = {"lstm": rmse(ours, truth), "persistence": rmse(persistence, truth),
-              f"ar{order}": rmse(ar, truth)}
+    fit = fit_and_forecast(series, n_train, test_t, args)
+    order, ours, truth = fit["order"], fit["lstm"], series[test_t]
+    scores = {"lstm": rmse(ours, truth), "persistence": rmse(series[test_t - 1], truth),
+              f"ar{order}": rmse(fit["ar"], truth)}
 
     plot_path = None
     if args.plot:
         if save_plot(args.plot, years[test_t], truth,
                      {f"LSTM (RMSE {scores['lstm']:.2f})": ours,
-                      f"AR({order}) (RMSE {scores[f'ar{order}']:.2f})": ar}):
+                      f"AR({order}) (RMSE {scores[f'ar{order}']:.2f})": fit["ar"]}):
             plot_path = args.plot
 
     seconds = time.perf_counter() - t_start
-    first_loss, last_loss = float(np.mean(losses, axis=0)[0]), float(np.mean(losses, axis=0)[-1])
+    mean_losses = fit["losses"].mean(axis=0)
+    first_loss, last_loss = float(mean_losses[0]), float(mean_losses[-1])
+    valid = fit["valid_rmse"]
+    cut = fit["valid_months"][0]
     print(f"\nLSTM training loss (normalised MSE, mean over networks) {first_loss:.4f} -> "
           f"{last_loss:.4f} (first / last epoch)")
     print(f"held-out RMSE over {len(test_t)} months, sunspot-number units (lower is better):")
     print(f"  same as last month     {scores['persistence']:7.3f}")
     print(f"  linear AR({order:<2d}), lstsq   {scores[f'ar{order}']:7.3f}   (order chosen on "
           f"validation months)")
-    print(f"  LSTM (this run)        {scores['lstm']:7.3f}   (epochs {best_epochs} of "
+    print(f"  LSTM (this run)        {scores['lstm']:7.3f}   (epochs {fit['best_epochs']} of "
           f"{args.epochs}, each the best on validation)")
     print(f"validation RMSE ({int(years[cut])}-{int(years[n_train - 1])}, both fitted on the "
-          f"months before): AR({order}) {ar_valid:.3f}, LSTM {valid_ours:.3f}")
+          f"months before): AR({order}) {valid['ar']:.3f}, LSTM {valid['lstm']:.3f}")
     if plot_path:
         print(f"plot saved to {plot_path}")
     print(f"done in {seconds:.1f} s")
@@ -342,8 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         "baselines": {"persistence": round(scores["persistence"], 4),
                       "ar": round(scores[f"ar{order}"], 4)},
         "ar_order": order,
-        "valid_rmse": {"lstm": round(valid_ours, 4), "ar": round(ar_valid, 4)},
-        "best_epochs": best_epochs,
+        "valid_rmse": {"lstm": round(valid["lstm"], 4), "ar": round(valid["ar"], 4)},
+        "best_epochs": fit["best_epochs"],
         "loss_first": round(first_loss, 5), "loss_last": round(last_loss, 5),
         "plot": plot_path, "seconds": round(seconds, 1), "quick": args.quick,
         "config": {k: getattr(args, k) for k in ("epochs", "hidden", "streams", "k1", "k2",

@@ -61,3 +61,64 @@ def test_untrained_model_is_its_base(fs: ModuleType, series: np.ndarray) -> None
     with tg.no_grad():
         out, _ = model(rows[:50, None, :])
     np.testing.assert_array_equal(out.data[:, 0, 0], rows[:50, -1])
+
+
+# ----------------------------------------------------------------------------- rolling origins
+TINY = ["--quick", "--epochs", "2", "--hidden", "4", "--streams", "2", "--k1", "8", "--k2", "16",
+        "--max-ar-order", "6", "--window", "24", "--plot", ""]
+
+
+def test_rolling_blocks_lie_before_the_test_months(fs: ModuleType) -> None:
+    n_train = int(fs.TRAIN_FRACTION * 3126)  # the first test month of the bundled record
+    blocks = fs.rolling_blocks(n_train)
+    assert len(blocks) == fs.ROLLING_BLOCKS
+    assert blocks[-1][1] == n_train and blocks[0][0] > 0
+    for (origin, stop), (next_origin, _) in zip(blocks, blocks[1:] + [(n_train, None)]):
+        assert stop - origin == fs.ROLLING_MONTHS and stop == next_origin  # consecutive
+    assert 1880 < fs.month_year(blocks[0][0]) < 1900 and fs.month_year(n_train) > 1957
+    with pytest.raises(ValueError):
+        fs.rolling_blocks(100, 4, 25)  # no months left to train on
+
+
+@pytest.mark.parametrize("recipe", [["--base", "ar", "--features", "relative"],
+                                    ["--base", "last", "--transform", "sqrt"]])
+def test_a_fit_sees_only_the_months_before_each_forecast(fs: ModuleType, series: np.ndarray,
+                                                         recipe: list[str]) -> None:
+    # changing the months from `end` on leaves everything fitted (AR, networks, epochs) and the
+    # forecast of month `end` alone; later forecasts read the changed months, so they move
+    args = fs.parse_args(TINY + recipe)
+    end, months = 300, np.arange(300, 340)
+    changed = series.copy()
+    changed[end:] = 2 * changed[end:] + 5
+    a, b = (fs.fit_and_forecast(s, end, months, args, show=False) for s in (series, changed))
+    assert a["order"] == b["order"] and a["best_epochs"] == b["best_epochs"]
+    assert a["valid_rmse"] == b["valid_rmse"]
+    for name in ("lstm", "ar"):
+        assert a[name][0] == b[name][0]
+        assert np.all(a[name][1:] != b[name][1:])
+
+
+def test_rolling_validation_refits_before_each_origin(fs: ModuleType,
+                                                      series: np.ndarray) -> None:
+    args = fs.parse_args(TINY)
+    n_train = 360
+    scores = fs.rolling_validation(series, n_train, args, blocks=2, length=30)
+    assert len(scores["lstm"]) == 2 and np.isfinite(scores["lstm"]).all()
+    for (origin, stop), order, ar in zip([(300, 330), (330, 360)], scores["ar_order"],
+                                         scores["ar"]):
+        # AR is refitted on the months before each origin, its order chosen on them too
+        assert order == fs.choose_ar_order(series, origin, 6)
+        months = np.arange(origin, stop)
+        coef = fs.fit_ar(series, np.arange(order, origin), order)
+        assert ar == pytest.approx(fs.rmse(fs.ar_design(series, months, order) @ coef,
+                                           series[months]))
+    # the test months (from n_train on) play no part in selection
+    changed = series.copy()
+    changed[n_train:] = 200.0
+    assert fs.rolling_validation(changed, n_train, args, blocks=2, length=30) == scores
+
+
+def test_candidate_recipes_are_distinct(fs: ModuleType) -> None:
+    recipes = {(a.base, a.features, a.transform)
+               for a in (fs.parse_args(flags) for flags in fs.CANDIDATES.values())}
+    assert len(recipes) == len(fs.CANDIDATES)
