@@ -62,16 +62,23 @@ class Adam(Optimizer):
             else:
                 g = g + wd * param
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        _lerp_(m, g, 1 - b1)  # m = b1 m + (1 - b1) g
+        # one scratch array for every intermediate: each fresh temporary of a large parameter
+        # would be new pages to fault in
+        tmp = np.empty_like(m)
+        _lerp_(m, g, 1 - b1, tmp)  # m = b1 m + (1 - b1) g
+        np.multiply(g, g, out=tmp)
+        tmp *= 1 - b2
         v *= b2
-        v += (1 - b2) * g * g
+        v += tmp
         step_size = lr / (1 - b1 ** t)
         if group["amsgrad"]:
             v = np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
-        denom = np.sqrt(v)
+        denom = np.sqrt(v, out=tmp)
         denom /= (1 - b2 ** t) ** 0.5
         denom += group["eps"]  # eps after the bias correction
-        param += (-step_size * m) / denom
+        np.divide(m, denom, out=tmp)
+        tmp *= -step_size
+        param += tmp
 
 
 class AdamW(Adam):

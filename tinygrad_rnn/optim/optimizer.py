@@ -39,12 +39,16 @@ def _non_negative(value: Any, name: str, owner: str) -> float:
     return value
 
 
-def _lerp_(a: np.ndarray, b: np.ndarray, weight: float) -> None:
-    """a = a + weight * (b - a) in place, in PyTorch's two-sided form (exact at weight 0 and 1)."""
+def _lerp_(a: np.ndarray, b: np.ndarray, weight: float, tmp: np.ndarray | None = None) -> None:
+    """a = a + weight * (b - a) in place, in PyTorch's two-sided form (exact at weight 0 and 1);
+    `tmp` (a's shape and dtype) is scratch space, if given."""
+    tmp = np.subtract(b, a, out=tmp)
     if abs(weight) < 0.5:
-        a += weight * (b - a)
+        tmp *= weight
+        a += tmp
     else:
-        np.subtract(b, (b - a) * (1 - weight), out=a)
+        tmp *= 1 - weight
+        np.subtract(b, tmp, out=a)
 
 
 class Optimizer:
