@@ -175,3 +175,16 @@ def test_baselines_on_a_known_text() -> None:
     text = "x\nCHAPTER 1. A\nabc\nCHAPTER 2. B\ndef\n"
     train_text, valid_text = demo.split_at_chapter(text, 0.5)
     assert train_text + valid_text == text and valid_text.startswith("CHAPTER 2.")
+
+
+def test_demo_arguments() -> None:
+    from tinygrad_rnn import demo
+    args = demo.parse_args([])
+    assert args.minutes == demo.DEFAULTS["minutes"] and args.steps is None
+    assert args.clip == demo.DEFAULTS["clip"] > 0
+    args = demo.parse_args(["--steps", "7", "--clip", "0"])
+    assert args.steps == 7 and args.minutes is None and args.clip == 0.0  # 0: no clipping
+    for bad in (["--clip", "-1"], ["--minutes", "0"], ["--steps", "3", "--minutes", "1"],
+                ["--hidden", "0"]):
+        with pytest.raises(SystemExit):
+            demo.parse_args(bad)
