@@ -14,6 +14,7 @@ use `--threads` BLAS/intra-op threads. Prints a table and a `RESULT {json}` line
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import subprocess
@@ -138,7 +139,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--order", default="ours,torch", help="which runs first (the machine drifts)")
     args = p.parse_args(argv)
-    import importlib.util
     if importlib.util.find_spec("torch") is None:
         print("quality.py needs torch: pip install torch==2.13.0")
         return 0

@@ -496,9 +496,7 @@ class _Layout:
         # An output nothing keeps (not saved, not returned, not aliased) needs no history: its
         # operation writes into one scratch array, reused at every step
         kept_slot = set(p.new_slots) | {p.y}
-        for i, (ins, tmpl) in enumerate(zip(p.instrs, self.tmpl)):
-            if not keep:
-                break
+        for ins, tmpl in zip(p.instrs, self.tmpl) if keep else ():
             if tmpl is None:
                 kept_slot.update(ins.ins)  # its forward may save any input
             else:
@@ -607,6 +605,11 @@ class _Layout:
         return None if i is None or kind != "v" else self.rows(bufs, i)
 
 
+def _transposed(name: str) -> str:
+    """The pattern of `name.T` in a template's code: a matrix it multiplies by transposed."""
+    return rf"\b{re.escape(name)}\.T\b"
+
+
 def _refs(saved: Any) -> list[str]:
     """The names in a forward_code's `saved` description."""
     return [r for r in _ref_list(saved) if isinstance(r, str)]
@@ -667,7 +670,7 @@ def _gen_forward(p: Plan, keep: bool, anomaly: bool) -> Callable[..., Any]:
     # (linear's weight) is transposed into a contiguous copy once, before the loop
     flipped = {(i, j): s for i, ins in enumerate(p.instrs) if inline[i] and not p.hoisted[i]
                for j, s in enumerate(ins.ins) if p.kinds[s] in "ch" and len(p.shapes[s]) == 2
-               and any(re.search(rf"\ba{j}\.T\b", ln) for ln in lay.tmpl[i][0])}
+               and any(re.search(_transposed(f"a{j}"), ln) for ln in lay.tmpl[i][0])}
     for s in sorted(set(flipped.values())):
         L.append(f"    v{s}T = np.ascontiguousarray(v{s}.T)")
     last: list[int] = []  # resolved operations: the last step's saved, for its constants
@@ -693,7 +696,7 @@ def _gen_forward(p: Plan, keep: bool, anomaly: bool) -> Callable[..., Any]:
                 lines = [re.sub(rf"\b{name}\b", f"{name}_{i}", ln) for ln in lines]
             for j, s in enumerate(ins.ins):
                 if (i, j) in flipped:
-                    lines = [re.sub(rf"\ba{j}\.T\b", f"v{s}T", ln) for ln in lines]
+                    lines = [re.sub(_transposed(f"a{j}"), f"v{s}T", ln) for ln in lines]
             L.extend(f"        {ln}" for ln in lines)
             if ins.multi:
                 L.append(f"        {', '.join(f'v{o}' for o in ins.outs)}, = "
@@ -834,7 +837,7 @@ class _Backward:
             if tmpl is not None and not anomaly and lay.tmpl[i] is not None and \
                     isinstance(lay.tmpl[i][2], tuple):
                 for k, kind in enumerate(lay.ref_kinds[i]):
-                    if kind == "const" and any(re.search(rf"\bs\[{k}\]\.T\b", e)
+                    if kind == "const" and any(re.search(_transposed(f"s[{k}]"), e)
                                                for e in (*tmpl[0], *tmpl[1].values())):
                         flipped.add((i, k))
                         L.append(f"    RT{i}_{k} = np.ascontiguousarray(K[{i}][0][{k}].T)")
@@ -915,9 +918,9 @@ class _Backward:
                 ind += "    "
             if tmpl is not None:  # the gradient formulas inline: no call, no checks
                 for k in {k for j, k in flipped if j == i}:
-                    tmpl = (tuple(re.sub(rf"\bs\[{k}\]\.T\b", f"RT{i}_{k}", x) for x in tmpl[0]),
-                            {j: re.sub(rf"\bs\[{k}\]\.T\b", f"RT{i}_{k}", e)
-                             for j, e in tmpl[1].items()}, *tmpl[2:])
+                    pat, rt = _transposed(f"s[{k}]"), f"RT{i}_{k}"
+                    tmpl = (tuple(re.sub(pat, rt, x) for x in tmpl[0]),
+                            {j: re.sub(pat, rt, e) for j, e in tmpl[1].items()}, *tmpl[2:])
                 if direct[i]:
                     tmpl = self._direct(p, i, tmpl)
                     L.append(f"{ind}g = {garg}" + (f"; d = L{i}[t]" if self.uses_local[i] else ""))
