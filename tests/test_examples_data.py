@@ -184,7 +184,28 @@ def test_demo_arguments() -> None:
     assert args.clip == demo.DEFAULTS["clip"] > 0
     args = demo.parse_args(["--steps", "7", "--clip", "0"])
     assert args.steps == 7 and args.minutes is None and args.clip == 0.0  # 0: no clipping
+    assert demo.parse_args(["--head-hidden", "0"]).head_hidden == 0  # 0: a linear read-out
     for bad in (["--clip", "-1"], ["--minutes", "0"], ["--steps", "3", "--minutes", "1"],
-                ["--hidden", "0"]):
+                ["--hidden", "0"], ["--head-hidden", "-1"]):
         with pytest.raises(SystemExit):
             demo.parse_args(bad)
+
+
+@pytest.mark.parametrize("head_hidden", [0, 5])
+def test_demo_model_read_out(head_hidden: int) -> None:
+    # the logits are Linear(ReLU(Linear(h))) of the LSTM's outputs h, or Linear(h) without the
+    # ReLU layer, recomputed here in numpy from the parameters
+    from tinygrad_rnn import demo
+    model = demo.CharLSTM(11, 4, 6, head_hidden=head_hidden)
+    ids = np.random.default_rng(0).integers(0, 11, size=(7, 3))
+    logits, (h_n, _) = model(ids)
+    h, _ = model.lstm(model.embed(ids))
+    z = h.numpy()
+    if head_hidden:
+        z = np.maximum(z @ model.proj.weight.numpy().T + model.proj.bias.numpy(), 0.0)
+    else:
+        assert model.proj is None
+    want = z @ model.head.weight.numpy().T + model.head.bias.numpy()
+    assert logits.shape == (7, 3, 11) and model.head.weight.shape == (11, head_hidden or 6)
+    np.testing.assert_allclose(logits.numpy(), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(h_n.numpy()[0], h.numpy()[-1])  # (layers, B, H)
