@@ -58,9 +58,7 @@ def run_torch(args: argparse.Namespace) -> dict[str, Any]:
     train_text, valid_text = demo.split_at_chapter(text, demo.VALID_FRACTION)
     vocab = demo.CharVocab(text)
     train_ids, valid_ids = vocab.encode(train_text), vocab.encode(valid_text)
-    per = (len(valid_ids) - 1) // demo.EVAL_STREAMS
-    v_in = valid_ids[:per * demo.EVAL_STREAMS].reshape(demo.EVAL_STREAMS, per).T
-    v_out = valid_ids[1:per * demo.EVAL_STREAMS + 1].reshape(demo.EVAL_STREAMS, per).T
+    v_in, v_out = demo.held_out_streams(valid_ids)
 
     class Model(torch.nn.Module):
         def __init__(self) -> None:
@@ -106,7 +104,7 @@ def run_torch(args: argparse.Namespace) -> dict[str, Any]:
             break
         if checks and frac >= checks[0]:
             checks.pop(0)
-            curve.append([round(elapsed, 1), round(evaluate(max(1, len(v_in) // 4)), 4)])
+            curve.append([round(elapsed, 1), round(evaluate(demo.check_rows(v_in)), 4)])
         w = step % windows
         if w == 0:
             state = None

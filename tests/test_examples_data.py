@@ -177,6 +177,14 @@ def test_baselines_on_a_known_text() -> None:
     assert train_text + valid_text == text and valid_text.startswith("CHAPTER 2.")
 
 
+def test_held_out_streams_pair_each_character_with_the_next() -> None:
+    from tinygrad_rnn import demo
+    inputs, targets = demo.held_out_streams(np.arange(11), 3)  # 3 streams of (11 - 1) // 3
+    np.testing.assert_array_equal(inputs, [[0, 3, 6], [1, 4, 7], [2, 5, 8]])
+    np.testing.assert_array_equal(targets, inputs + 1)
+    assert demo.check_rows(inputs) == 1 and demo.check_rows(np.zeros((100, 3))) == 25
+
+
 def test_demo_arguments() -> None:
     from tinygrad_rnn import demo
     args = demo.parse_args([])

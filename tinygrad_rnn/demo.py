@@ -72,6 +72,20 @@ def streams(ids: np.ndarray, batch: int) -> np.ndarray:
     return ids[:n * batch].reshape(batch, n).T
 
 
+def held_out_streams(ids: np.ndarray, count: int = EVAL_STREAMS) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets), each ((len(ids) - 1) // count, count), time-major: `ids` cut into
+    `count` contiguous streams, each target the character after its input."""
+    per = (len(ids) - 1) // count
+    return (ids[:per * count].reshape(count, per).T,
+            ids[1:per * count + 1].reshape(count, per).T)
+
+
+def check_rows(inputs: np.ndarray) -> int:
+    """How many characters of every held-out stream a check during training scores: the first
+    quarter (the full text is scored at the end)."""
+    return max(1, len(inputs) // 4)
+
+
 # ----------------------------------------------------------------------------- baselines
 def unigram_bits(train: np.ndarray, targets: np.ndarray, vocab_size: int) -> float:
     """Bits per character of add-one-smoothed character frequencies (of `train`) on `targets`."""
@@ -261,9 +275,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(from {valid_text[:valid_text.index(chr(10))]!r} to the end)")
 
     # validation: EVAL_STREAMS contiguous pieces; every program scores the same positions
-    per = (len(valid_ids) - 1) // EVAL_STREAMS
-    v_in = valid_ids[:per * EVAL_STREAMS].reshape(EVAL_STREAMS, per).T
-    v_out = valid_ids[1:per * EVAL_STREAMS + 1].reshape(EVAL_STREAMS, per).T
+    v_in, v_out = held_out_streams(valid_ids)
     uni = unigram_bits(train_ids, v_out.ravel(), len(vocab))
     bi = bigram_bits(train_ids, v_in.ravel(), v_out.ravel(), len(vocab))
 
@@ -284,8 +296,7 @@ def main(argv: list[str] | None = None) -> int:
           f"Linear({args.head_hidden or args.hidden}, {len(vocab)}), {n_params:,} parameters; "
           f"training for {budget} on {args.batch} streams x {args.seq_len} characters per update")
 
-    # part of the held-out text, scored during training (the full text is scored at the end)
-    part = max(1, len(v_in) // 4)  # the first quarter of each stream: batches of 64 are cheap
+    part = check_rows(v_in)  # batches of 64 streams are cheap
     checks_at = [(k + 1) / (CHECKS + 1) for k in range(CHECKS)]
     train_curve: list[tuple[float, float]] = []
     valid_curve: list[tuple[float, float]] = []
