@@ -397,11 +397,17 @@ class Plan:
             self._lean = _Layout(self, keep=False)
         return self._lean
 
+    def layout_for(self, keep: bool) -> _Layout:
+        """`layout` when what the steps save is kept (for a backward, or anomaly mode's
+        per-step records), else `lean_layout`."""
+        return self.layout if keep else self.lean_layout
+
     def batchable(self, i: int) -> bool:
         """Whether instruction i's weight gradients are computed once over all steps."""
         return self._batch[i]
 
     def forward_code(self, keep: bool, anomaly: bool) -> Callable[..., Any]:
+        keep = keep or anomaly  # anomaly mode keeps every step's record
         return _cached(("f", self.key, keep, anomaly), lambda: _gen_forward(self, keep, anomaly))
 
     def backward_code(self, needs: tuple[bool, ...], has_y_grad: bool) -> _Backward:
@@ -635,7 +641,7 @@ class _SavedRows:
 # The generated code is plain Python over local variables: v<slot> for values, g<slot> for their
 # gradients, K<i> for what instruction i saved at each step. `fn.source` holds the text.
 def _gen_forward(p: Plan, keep: bool, anomaly: bool) -> Callable[..., Any]:
-    lay = p.layout if keep or anomaly else p.lean_layout
+    lay = p.layout_for(keep)
     L = ["def forward(T, X, S, C, F, P, Y, K, OUT, H, check):"]
     for i, s in enumerate(p.x_slots):
         L.append(f"    X{s} = X[{i}]")
@@ -1155,7 +1161,7 @@ class Scan(Primitive):
         anomaly = bool(_MODE.get() & ANOMALY)
         keep = keep or anomaly
         K = [[None] * T for _ in p.instrs] if keep else None
-        lay = p.layout if keep else p.lean_layout
+        lay = p.layout_for(keep)
         bufs = None if anomaly else lay.buffers(p, T, S)
         if bufs is not None and lay.y_buf is not None:
             ys = lay.rows(bufs, lay.y_buf)
