@@ -267,7 +267,7 @@ def fit_and_forecast(series: np.ndarray, end: int, months: np.ndarray, args: arg
         best_epochs.append(best_epoch)
     bar.close()
     lstm = np.mean([forecast(model, inputs_final, months) for model in models], axis=0)
-    return {"lstm": lstm, "ar": ar, "order": order, "valid_months": (cut, end),
+    return {"lstm": lstm, "ar": ar, "order": order,
             "valid_rmse": {"lstm": rmse(np.mean(valid_preds, axis=0), series[valid_t]),
                            "ar": ar_valid},
             "best_epochs": best_epochs, "losses": np.array(losses)}
@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     mean_losses = fit["losses"].mean(axis=0)
     first_loss, last_loss = float(mean_losses[0]), float(mean_losses[-1])
     valid = fit["valid_rmse"]
-    cut = fit["valid_months"][0]
+    cut = validation_start(n_train)
     print(f"\nLSTM training loss (normalised MSE, mean over networks) {first_loss:.4f} -> "
           f"{last_loss:.4f} (first / last epoch)")
     print(f"held-out RMSE over {len(test_t)} months, sunspot-number units (lower is better):")
